@@ -1,0 +1,226 @@
+//! The `#[subscriber]` attribute of anybus. Use it through `anybus::subscriber`; the anybus
+//! crate documents the arguments.
+//!
+//! The macro only turns arguments into a call of `anybus::Subscription::builder` and places
+//! compile-time checks on the handler's argument and return types, spanned so that an error
+//! points at the type at fault. All behaviour lives in the runtime.
+
+mod args;
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as Tokens;
+use quote::{quote, quote_spanned};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, Meta, ReturnType, Token};
+
+use crate::args::{Args, DeadLetter, Dedup, Errors};
+
+/// Turns an `async fn` into an anybus subscription, leaving the function as it is.
+///
+/// Next to the function it defines a type of the same name whose `subscription()` returns the
+/// `anybus::Subscription`: `App::builder().subscribe(my_handler::subscription())`.
+///
+/// Arguments: `topic = "t"` or `topic = ["a", "b"]` (required), `group = "g"`,
+/// `codec = "json" | "raw"`, `concurrency = N`, `ordering = "partition" | "key" | "none"`,
+/// `partitions = N`, `retry(max_attempts = N, backoff = "exponential" | "fixed",
+/// initial = "100ms", max = "30s", jitter = true, mode = "in_process" | "redeliver")`,
+/// `dead_letter = "name" | false`, `dedup = true | "field" | header("name")`.
+#[proc_macro_attribute]
+pub fn subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
+    let args = Tokens::from(args);
+    let span = args::args_span(&args);
+    let function = match syn::parse::<ItemFn>(item.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            let mut out = e.to_compile_error();
+            out.extend(Tokens::from(item));
+            return out.into();
+        }
+    };
+    let parsed = syn::parse::Parser::parse2(Punctuated::<Meta, Token![,]>::parse_terminated, args)
+        .and_then(|metas| Args::parse(metas, span));
+    match (parsed, check_signature(&function)) {
+        (Ok(args), Ok(())) => expand(&args, &function),
+        (parsed, signature) => {
+            let mut errors = Errors::default();
+            if let Err(e) = parsed {
+                errors.push(e);
+            }
+            if let Err(e) = signature {
+                errors.push(e);
+            }
+            let error = errors.finish().err().map(|e| e.to_compile_error());
+            // Keep the function so that its uses elsewhere don't add errors of their own.
+            quote!(#error #function)
+        }
+    }
+    .into()
+}
+
+fn check_signature(f: &ItemFn) -> syn::Result<()> {
+    let sig = &f.sig;
+    let mut errors = Errors::default();
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new_spanned(
+            sig.fn_token,
+            "`#[subscriber]` needs an `async fn`",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &sig.generics,
+            "a subscriber cannot be generic: the payload and extractor types must be known",
+        ));
+    }
+    if let Some(receiver) = sig.receiver() {
+        errors.push(syn::Error::new_spanned(
+            receiver,
+            "a subscriber is a free function, not a method",
+        ));
+    }
+    if sig.inputs.is_empty() {
+        errors.push(syn::Error::new(
+            sig.paren_token.span.join(),
+            "a subscriber needs the payload as its first argument, e.g. `event: OrderCreated`",
+        ));
+    }
+    errors.finish()
+}
+
+fn expand(args: &Args, f: &ItemFn) -> Tokens {
+    let vis = &f.vis;
+    let name = &f.sig.ident;
+    let name_str = name.to_string();
+    let codec = match args.codec.unwrap_or("json") {
+        "raw" => quote!(::anybus::codec::Raw),
+        _ => quote!(::anybus::codec::Json),
+    };
+
+    let types: Vec<&syn::Type> = f
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|a| match a {
+            FnArg::Typed(t) => Some(&*t.ty),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let mut checks = Tokens::new();
+    if let Some((payload, extractors)) = types.split_first() {
+        checks.extend(quote_spanned! {payload.span()=>
+            ::anybus::handler::assert::payload::<#codec, #payload>();
+        });
+        for x in extractors {
+            checks.extend(quote_spanned! {x.span()=>
+                ::anybus::handler::assert::extractor::<#x>();
+            });
+        }
+    }
+    checks.extend(match &f.sig.output {
+        ReturnType::Type(_, ty) => quote_spanned! {ty.span()=>
+            ::anybus::handler::assert::outcome::<#ty>();
+        },
+        ReturnType::Default => quote_spanned! {f.sig.ident.span()=>
+            ::anybus::handler::assert::outcome::<()>();
+        },
+    });
+
+    let topics = &args.topics;
+    let mut options = Tokens::new();
+    if let Some(group) = &args.group {
+        options.extend(quote!(.group(#group)));
+    }
+    if let Some(n) = args.concurrency {
+        options.extend(quote!(.concurrency(#n)));
+    }
+    if let Some(ordering) = args.ordering {
+        let variant = match ordering {
+            "key" => quote!(Key),
+            "none" => quote!(None),
+            _ => quote!(Partition),
+        };
+        options.extend(quote!(.ordering(::anybus::Ordering::#variant)));
+    }
+    if let Some(n) = args.partitions {
+        options.extend(quote!(.partitions(#n)));
+    }
+    if let Some(r) = &args.retry {
+        let mut fields = Tokens::new();
+        if let Some(n) = r.max_attempts {
+            fields.extend(quote!(max_attempts: #n,));
+        }
+        if let Some(b) = r.backoff {
+            let b = if b == "fixed" {
+                quote!(Fixed)
+            } else {
+                quote!(Exponential)
+            };
+            fields.extend(quote!(backoff: ::anybus::Backoff::#b,));
+        }
+        if let Some(ms) = r.initial {
+            fields.extend(quote!(initial: ::std::time::Duration::from_millis(#ms),));
+        }
+        if let Some(ms) = r.max {
+            fields.extend(quote!(max: ::std::time::Duration::from_millis(#ms),));
+        }
+        if let Some(j) = r.jitter {
+            fields.extend(quote!(jitter: #j,));
+        }
+        if let Some(m) = r.mode {
+            let m = if m == "redeliver" {
+                quote!(Redeliver)
+            } else {
+                quote!(InProcess)
+            };
+            fields.extend(quote!(mode: ::anybus::RetryMode::#m,));
+        }
+        options.extend(quote!(.retry(::anybus::RetrySpec {
+            #fields
+            ..::core::default::Default::default()
+        })));
+    }
+    if let Some(d) = &args.dead_letter {
+        options.extend(match d {
+            DeadLetter::Default => quote!(.dead_letter(::anybus::DeadLetter::Default)),
+            DeadLetter::Disabled => quote!(.dead_letter(::anybus::DeadLetter::Disabled)),
+            DeadLetter::Topic(t) => {
+                quote!(.dead_letter(::anybus::DeadLetter::Topic(::std::string::String::from(#t))))
+            }
+        });
+    }
+    if let Some(d) = &args.dedup {
+        options.extend(match d {
+            Dedup::MessageId => quote!(.dedup(::anybus::DedupKey::MessageId)),
+            Dedup::Field(f) => {
+                quote!(.dedup(::anybus::DedupKey::Field(::std::string::String::from(#f))))
+            }
+            Dedup::Header(h) => {
+                quote!(.dedup(::anybus::DedupKey::Header(::std::string::String::from(#h))))
+            }
+        });
+    }
+
+    let type_doc = format!("The anybus subscription of the handler [`{name_str}`](fn@{name_str}).");
+    quote! {
+        #f
+
+        #[doc = #type_doc]
+        #[allow(non_camel_case_types)]
+        #vis struct #name {}
+
+        impl #name {
+            /// Builds the subscription: topics, group and options as the attribute says, with
+            /// this handler.
+            #[allow(dead_code)]
+            #vis fn subscription() -> ::anybus::Subscription {
+                #checks
+                ::anybus::Subscription::builder([#(#topics),*])
+                    .name(#name_str)
+                    .codec::<#codec>()
+                    #options
+                    .handler(#name)
+            }
+        }
+    }
+}

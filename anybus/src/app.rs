@@ -1,0 +1,452 @@
+//! The app: subscriptions and shared state, connected to a broker by URL, run until told to stop.
+//!
+//! ```
+//! use anybus::{App, HandlerError, Subscription};
+//!
+//! async fn greet(name: String) -> Result<String, HandlerError> {
+//!     Ok(format!("hello, {name}"))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = App::builder()
+//!     .subscribe(Subscription::builder(["greet"]).group("greeter").handler(greet))
+//!     .connect("memory://app-doc")
+//!     .await?;
+//! let answer: String = app
+//!     .publisher()
+//!     .request("greet", "ada", std::time::Duration::from_secs(5))
+//!     .await?;
+//! assert_eq!(answer, "hello, ada");
+//! app.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::{self, Backend, BackendError, ConsumerConfig, TopicSpec};
+use crate::context::StateMap;
+use crate::message::MessageId;
+use crate::observe::{StatsSnapshot, SubscriptionStats};
+use crate::pipeline::ordering::Dispatch;
+use crate::pipeline::Worker;
+use crate::publish::{Publisher, Replies};
+use crate::subscription::{DeadLetter, Ordering, Subscription, SubscriptionSpec};
+use crate::url::{BrokerUrl, ConnectError};
+
+/// Why an app did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The broker URL is bad or the broker cannot be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A subscription asks for something this build cannot do yet.
+    #[error("subscription `{subscription}`: option `{option}` is not supported yet: {reason}")]
+    Unsupported {
+        /// The subscription.
+        subscription: String,
+        /// The option.
+        option: &'static str,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+    /// A subscription's options do not make sense.
+    #[error("subscription `{subscription}`: {reason}")]
+    Invalid {
+        /// The subscription.
+        subscription: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The broker refused to declare topics or open a consumer.
+    #[error("subscription `{subscription}`: {source}")]
+    Backend {
+        /// The subscription (or `replies` for the app's reply consumer).
+        subscription: String,
+        /// What the backend said.
+        source: BackendError,
+    },
+}
+
+/// Why an app stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("subscription `{subscription}` stopped: {source}")]
+pub struct RunError {
+    /// The subscription.
+    pub subscription: String,
+    /// What the backend said.
+    pub source: BackendError,
+}
+
+/// Collects subscriptions and state; [`AppBuilder::connect`] starts them.
+#[must_use = "an app builder does nothing until `.connect(url)` is awaited"]
+pub struct AppBuilder {
+    subscriptions: Vec<Subscription>,
+    state: StateMap,
+    drain_timeout: Duration,
+    batch: usize,
+}
+
+impl AppBuilder {
+    /// Adds a subscription (from `#[subscriber]`'s `name::subscription()` or
+    /// [`Subscription::builder`]).
+    pub fn subscribe(mut self, subscription: Subscription) -> Self {
+        self.subscriptions.push(subscription);
+        self
+    }
+
+    /// Registers shared state that handlers take as [`State<T>`](crate::State).
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(Arc::new(value));
+        self
+    }
+
+    /// How long shutdown and rebalances wait for in-flight handlers (default 30 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The most deliveries taken from the broker at once per subscription (default 256).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Connects to the broker `url` names, checks every subscription, declares topics, and
+    /// starts consuming. Fails before consuming anything if a subscription cannot be honoured.
+    pub async fn connect(self, url: &str) -> Result<App, StartError> {
+        let url = BrokerUrl::parse(url)?;
+        for sub in &self.subscriptions {
+            check(sub, &self.state)?;
+        }
+        let backend = backend::connect(&url).await?;
+        let mut topics: Vec<TopicSpec> = Vec::new();
+        for spec in self.subscriptions.iter().map(Subscription::spec) {
+            for topic in &spec.topics {
+                if !topics.iter().any(|t| &t.name == topic) {
+                    topics.push(TopicSpec {
+                        name: topic.clone(),
+                        partitions: spec.partitions,
+                    });
+                }
+            }
+        }
+        let reply_topic = format!("anybus.replies.{}", MessageId::new());
+        topics.push(TopicSpec {
+            name: reply_topic.clone(),
+            partitions: Some(1),
+        });
+        backend
+            .declare(&topics)
+            .await
+            .map_err(|source| StartError::Backend {
+                subscription: "topics".into(),
+                source,
+            })?;
+
+        let replies = Arc::new(Replies::new(reply_topic.clone()));
+        let publisher = Publisher::new(Arc::clone(&backend), Arc::clone(&replies));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let state = Arc::new(self.state);
+        let mut running = Vec::new();
+
+        let reply_stats = Arc::new(SubscriptionStats::default());
+        let reply_consumer = backend
+            .consume(ConsumerConfig {
+                group: reply_topic.clone(),
+                topics: vec![reply_topic.clone()],
+                batch: self.batch,
+                drain_timeout: self.drain_timeout,
+                stats: reply_stats,
+            })
+            .await
+            .map_err(|source| StartError::Backend {
+                subscription: "replies".into(),
+                source,
+            })?;
+        let reply_task = tokio::spawn(receive_replies(reply_consumer, replies, stop_rx.clone()));
+
+        for sub in self.subscriptions {
+            let spec = sub.spec().clone();
+            let stats = Arc::new(SubscriptionStats::default());
+            let consumer = backend
+                .consume(ConsumerConfig {
+                    group: spec.group.clone(),
+                    topics: spec.topics.clone(),
+                    batch: self.batch,
+                    drain_timeout: self.drain_timeout,
+                    stats: Arc::clone(&stats),
+                })
+                .await
+                .map_err(|source| StartError::Backend {
+                    subscription: spec.name.clone(),
+                    source,
+                })?;
+            let dispatch = Dispatch {
+                worker: Arc::new(Worker {
+                    name: Arc::from(spec.name.as_str()),
+                    group: Arc::from(spec.group.as_str()),
+                    handler: Arc::clone(sub.handler()),
+                    settler: consumer.settler(),
+                    publisher: publisher.clone(),
+                    state: Arc::clone(&state),
+                    stats: Arc::clone(&stats),
+                }),
+                ordering: spec.ordering,
+                concurrency: spec.concurrency,
+                batch: self.batch,
+                drain_timeout: self.drain_timeout,
+            };
+            let task = tokio::spawn(dispatch.run(consumer, stop_rx.clone()));
+            running.push(Running { spec, stats, task });
+        }
+        tracing::info!(broker = %url, subscriptions = running.len(), "anybus app started");
+        Ok(App {
+            backend,
+            publisher,
+            stop: stop_tx,
+            running,
+            reply_task,
+        })
+    }
+}
+
+/// Rejects what cannot be honoured, naming the option, before anything is consumed.
+fn check(sub: &Subscription, state: &StateMap) -> Result<(), StartError> {
+    let spec: &SubscriptionSpec = sub.spec();
+    let name = || spec.name.clone();
+    let unsupported = |option, reason| StartError::Unsupported {
+        subscription: name(),
+        option,
+        reason,
+    };
+    if spec.topics.is_empty() || spec.topics.iter().any(String::is_empty) {
+        return Err(StartError::Invalid {
+            subscription: name(),
+            reason: "it names no topic, or an empty one".into(),
+        });
+    }
+    if spec.group.is_empty() {
+        return Err(StartError::Invalid {
+            subscription: name(),
+            reason: "the consumer group is empty".into(),
+        });
+    }
+    if spec.concurrency == 0 {
+        return Err(StartError::Invalid {
+            subscription: name(),
+            reason: "concurrency must be at least 1".into(),
+        });
+    }
+    if spec.ordering == Ordering::Key {
+        return Err(unsupported(
+            "ordering = \"key\"",
+            "key-ordered lanes are not built yet; use \"partition\" (keys stay ordered within their partition)",
+        ));
+    }
+    if spec.retry.is_some() {
+        return Err(unsupported(
+            "retry",
+            "retry policies are not built yet; a transient failure is delivered again by the broker",
+        ));
+    }
+    if spec.dead_letter != DeadLetter::Default {
+        return Err(unsupported(
+            "dead_letter",
+            "dead-letter routing is not built yet; failed messages are logged and skipped",
+        ));
+    }
+    if spec.dedup.is_some() {
+        return Err(unsupported(
+            "dedup",
+            "deduplication stores are not built yet",
+        ));
+    }
+    sub.check_extractors(state)
+        .map_err(|reason| StartError::Invalid {
+            subscription: name(),
+            reason,
+        })
+}
+
+async fn receive_replies(
+    mut consumer: Box<dyn backend::Consumer>,
+    replies: Arc<Replies>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), BackendError> {
+    let settler = consumer.settler();
+    let mut batch = Vec::new();
+    let mut result = Ok(());
+    while !*stop.borrow() {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            polled = consumer.poll(&mut batch) => if let Err(e) = polled {
+                result = Err(e);
+                break;
+            },
+        }
+        for delivery in batch.drain(..) {
+            replies.resolve(delivery.message);
+            settler.ack(&delivery.receipt);
+        }
+    }
+    result.and(consumer.close().await)
+}
+
+struct Running {
+    spec: SubscriptionSpec,
+    stats: Arc<SubscriptionStats>,
+    task: JoinHandle<Result<(), BackendError>>,
+}
+
+/// A running app. Drop it only after [`App::shutdown`] or [`App::run`]: dropping it stops
+/// nothing gracefully.
+pub struct App {
+    backend: Arc<dyn Backend>,
+    publisher: Publisher,
+    stop: watch::Sender<bool>,
+    running: Vec<Running>,
+    reply_task: JoinHandle<Result<(), BackendError>>,
+}
+
+/// Asks a running app to shut down gracefully; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    /// Starts the shutdown; [`App::run`] then drains and returns.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// The counters of one subscription, with its name and group.
+#[derive(Clone, Debug)]
+pub struct SubscriptionReport {
+    /// The subscription's name.
+    pub name: String,
+    /// Its consumer group.
+    pub group: String,
+    /// Its counters.
+    pub stats: StatsSnapshot,
+}
+
+impl App {
+    /// Starts building an app.
+    pub fn builder() -> AppBuilder {
+        AppBuilder {
+            subscriptions: Vec::new(),
+            state: StateMap::default(),
+            drain_timeout: Duration::from_secs(30),
+            batch: 256,
+        }
+    }
+
+    /// A publisher on this app's broker.
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// `memory`, `kafka` or `rabbitmq`.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// A handle that starts the shutdown from anywhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.stop.clone())
+    }
+
+    /// The counters of every subscription.
+    pub fn stats(&self) -> Vec<SubscriptionReport> {
+        self.running
+            .iter()
+            .map(|r| SubscriptionReport {
+                name: r.spec.name.clone(),
+                group: r.spec.group.clone(),
+                stats: r.stats.snapshot(),
+            })
+            .collect()
+    }
+
+    /// Runs until Ctrl-C, SIGTERM or a [`ShutdownHandle`], then shuts down gracefully.
+    pub async fn run(self) -> Result<(), RunError> {
+        let mut stop = self.stop.subscribe();
+        tokio::select! {
+            () = signal() => tracing::info!("shutdown signal received"),
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        self.shutdown().await
+    }
+
+    /// Stops consuming, lets in-flight handlers finish (up to the drain timeout), commits what
+    /// completed and leaves every group. What was not completed is delivered again later.
+    pub async fn shutdown(self) -> Result<(), RunError> {
+        self.stop.send_replace(true);
+        let mut first_error = None;
+        for r in self.running {
+            let outcome = match r.task.await {
+                Ok(outcome) => outcome,
+                Err(join) => Err(BackendError::Broker {
+                    backend: "runtime",
+                    reason: format!("the dispatch task failed: {join}"),
+                }),
+            };
+            if let Err(source) = outcome {
+                tracing::error!(subscription = %r.spec.name, error = %source, "subscription stopped with an error");
+                first_error.get_or_insert(RunError {
+                    subscription: r.spec.name,
+                    source,
+                });
+            }
+        }
+        if let Ok(Err(source)) = self.reply_task.await {
+            first_error.get_or_insert(RunError {
+                subscription: "replies".into(),
+                source,
+            });
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("backend", &self.backend.name())
+            .field("subscriptions", &self.running.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+async fn signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

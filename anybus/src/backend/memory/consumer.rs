@@ -1,0 +1,324 @@
+//! One member of a memory consumer group: reads its partitions, tracks what is in flight, and
+//! settles deliveries against the generation of the assignment that produced them.
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::group::{MemberId, TopicGroup};
+use crate::backend::offsets::OffsetTracker;
+use crate::backend::{BackendError, Consumer, Delivery, Receipt, Settler};
+use crate::handler::BoxFuture;
+use crate::observe::SubscriptionStats;
+
+/// A partition this member owns.
+struct Slot {
+    /// `group index << 16 | partition`: what receipts carry.
+    key: u32,
+    group: usize,
+    partition: usize,
+    generation: u64,
+    /// The next offset to read.
+    position: i64,
+    tracker: OffsetTracker,
+    /// Set when the group asked for the partition back: no more reads, hand over when drained
+    /// or at this instant.
+    revoke_deadline: Option<Instant>,
+}
+
+struct MemberState {
+    slots: Vec<Slot>,
+    /// The version of each topic group's assignment last looked at.
+    synced: Vec<u64>,
+    closed: bool,
+}
+
+/// The part of a member that workers settle through.
+pub(super) struct Member {
+    id: MemberId,
+    groups: Vec<Arc<TopicGroup>>,
+    state: Mutex<MemberState>,
+    notify: Arc<Notify>,
+    stats: Arc<SubscriptionStats>,
+    drain_timeout: Duration,
+}
+
+impl Member {
+    fn lock(&self) -> MutexGuard<'_, MemberState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes on partitions assigned to us and notices partitions asked back.
+    fn sync(&self, st: &mut MemberState, now: Instant) {
+        for (gi, group) in self.groups.iter().enumerate() {
+            let version = group.version();
+            if st.synced[gi] == version {
+                continue;
+            }
+            st.synced[gi] = version;
+            let a = group.lock();
+            for p in 0..a.owner.len() {
+                let key = slot_key(gi, p);
+                let owned = a.owner[p] == Some(self.id);
+                let wanted = a.target[p] == Some(self.id);
+                match (owned, st.slots.iter().position(|s| s.key == key)) {
+                    (true, None) => {
+                        let position = group.committed(p);
+                        st.slots.push(Slot {
+                            key,
+                            group: gi,
+                            partition: p,
+                            generation: a.generation[p],
+                            position,
+                            tracker: OffsetTracker::new(position),
+                            revoke_deadline: None,
+                        });
+                    }
+                    (true, Some(i)) => {
+                        let slot = &mut st.slots[i];
+                        slot.revoke_deadline = match (wanted, slot.revoke_deadline) {
+                            (true, _) => None,
+                            (false, None) => Some(now + self.drain_timeout),
+                            (false, deadline) => deadline,
+                        };
+                    }
+                    (false, Some(i)) => {
+                        st.slots.swap_remove(i);
+                    }
+                    (false, None) => {}
+                }
+            }
+        }
+    }
+
+    /// Hands over partitions asked back whose work is done or whose drain time is up; returns
+    /// the earliest deadline still pending.
+    fn release_drained(&self, st: &mut MemberState, now: Instant) -> Option<Instant> {
+        let mut next = None::<Instant>;
+        let mut i = 0;
+        while i < st.slots.len() {
+            let slot = &st.slots[i];
+            match slot.revoke_deadline {
+                Some(deadline) if slot.tracker.in_flight() == 0 || now >= deadline => {
+                    let group = &self.groups[slot.group];
+                    if slot.tracker.in_flight() > 0 {
+                        tracing::warn!(
+                            topic = &*group.topic.name,
+                            partition = slot.partition,
+                            in_flight = slot.tracker.in_flight(),
+                            "drain timed out; handing the partition over with work unfinished"
+                        );
+                    }
+                    group.commit(slot.partition, slot.tracker.commit_point());
+                    group.release(self.id, slot.partition);
+                    st.slots.swap_remove(i);
+                    self.notify.notify_waiters();
+                }
+                Some(deadline) => {
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                    i += 1;
+                }
+                None => i += 1,
+            }
+        }
+        next
+    }
+
+    /// Reads up to `batch` deliveries in all, from the partitions not being handed over,
+    /// starting at a rotating partition so that none starves.
+    fn fetch(&self, st: &mut MemberState, out: &mut Vec<Delivery>, batch: usize, rotate: usize) {
+        let n = st.slots.len();
+        for i in 0..n {
+            let budget = batch.saturating_sub(out.len());
+            if budget == 0 {
+                break;
+            }
+            let slot = &mut st.slots[(rotate + i) % n];
+            if slot.revoke_deadline.is_some() {
+                continue;
+            }
+            let log = &self.groups[slot.group].topic.partitions[slot.partition];
+            let (key, generation) = (slot.key, slot.generation);
+            let mut offset = slot.position;
+            let tracker = &mut slot.tracker;
+            log.read(offset, budget, |message| {
+                tracker.track(offset);
+                out.push(Delivery {
+                    message: Arc::clone(message),
+                    receipt: Receipt::new(key, offset, generation),
+                });
+                offset += 1;
+            });
+            slot.position = offset;
+        }
+    }
+
+    /// The slot a receipt belongs to, if its generation is still live.
+    fn live_slot<'a>(st: &'a mut MemberState, receipt: &Receipt) -> Option<&'a mut Slot> {
+        st.slots
+            .iter_mut()
+            .find(|s| s.key == receipt.slot && s.generation == receipt.generation)
+    }
+
+    fn count_stale(&self, receipt: &Receipt, what: &str) {
+        self.stats
+            .stale_settlements
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        tracing::debug!(
+            slot = receipt.slot,
+            offset = receipt.offset,
+            generation = receipt.generation,
+            "dropped a stale {what}"
+        );
+    }
+}
+
+fn slot_key(group: usize, partition: usize) -> u32 {
+    ((group as u32) << 16) | partition as u32
+}
+
+impl Settler for Member {
+    fn is_current(&self, receipt: &Receipt) -> bool {
+        Self::live_slot(&mut self.lock(), receipt).is_some()
+    }
+
+    fn ack(&self, receipt: &Receipt) {
+        let mut st = self.lock();
+        let Some(slot) = Self::live_slot(&mut st, receipt) else {
+            drop(st);
+            return self.count_stale(receipt, "ack");
+        };
+        if slot.tracker.complete(receipt.offset) {
+            self.groups[slot.group].commit(slot.partition, slot.tracker.commit_point());
+        }
+        if slot.revoke_deadline.is_some() && slot.tracker.in_flight() == 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    fn nack(&self, receipt: &Receipt) {
+        let mut st = self.lock();
+        let Some(slot) = Self::live_slot(&mut st, receipt) else {
+            drop(st);
+            return self.count_stale(receipt, "nack");
+        };
+        // Like a Kafka consumer that seeks back to its committed offset: read again from the
+        // first unfinished message under a new generation, so that work still in flight from
+        // the old read is skipped and its settlements dropped.
+        let group = &self.groups[slot.group];
+        slot.generation = group.rewind(slot.partition);
+        slot.position = slot.tracker.commit_point();
+        slot.tracker = OffsetTracker::new(slot.position);
+        self.stats
+            .redeliveries
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        drop(st);
+        self.notify.notify_waiters();
+    }
+}
+
+/// A [`Consumer`] on the memory broker.
+pub(super) struct MemoryConsumer {
+    member: Arc<Member>,
+    batch: usize,
+    rotate: usize,
+}
+
+impl MemoryConsumer {
+    pub(super) fn join(
+        id: MemberId,
+        groups: Vec<Arc<TopicGroup>>,
+        notify: Arc<Notify>,
+        stats: Arc<SubscriptionStats>,
+        batch: usize,
+        drain_timeout: Duration,
+    ) -> Self {
+        let member = Arc::new(Member {
+            id,
+            state: Mutex::new(MemberState {
+                slots: Vec::new(),
+                synced: vec![u64::MAX; groups.len()],
+                closed: false,
+            }),
+            groups,
+            notify,
+            stats,
+            drain_timeout,
+        });
+        for group in &member.groups {
+            group.join(id);
+        }
+        member.notify.notify_waiters();
+        Self {
+            member,
+            batch: batch.max(1),
+            rotate: 0,
+        }
+    }
+
+    async fn next(&mut self, out: &mut Vec<Delivery>) -> Result<(), BackendError> {
+        loop {
+            let notified = self.member.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let deadline = {
+                let now = Instant::now();
+                let mut st = self.member.lock();
+                if st.closed {
+                    return Err(BackendError::Closed { backend: "memory" });
+                }
+                self.member.sync(&mut st, now);
+                let deadline = self.member.release_drained(&mut st, now);
+                self.rotate = self.rotate.wrapping_add(1);
+                self.member.fetch(&mut st, out, self.batch, self.rotate);
+                deadline
+            };
+            if !out.is_empty() {
+                return Ok(());
+            }
+            match deadline {
+                Some(deadline) => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+}
+
+impl Consumer for MemoryConsumer {
+    fn poll<'a>(
+        &'a mut self,
+        out: &'a mut Vec<Delivery>,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(self.next(out))
+    }
+
+    fn settler(&self) -> Arc<dyn Settler> {
+        Arc::clone(&self.member) as Arc<dyn Settler>
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), BackendError>> {
+        let member = Arc::clone(&self.member);
+        Box::pin(async move {
+            {
+                let mut st = member.lock();
+                for slot in st.slots.drain(..) {
+                    member.groups[slot.group].commit(slot.partition, slot.tracker.commit_point());
+                }
+                st.closed = true;
+            }
+            for group in &member.groups {
+                group.leave(member.id);
+            }
+            member.notify.notify_waiters();
+            Ok(())
+        })
+    }
+}

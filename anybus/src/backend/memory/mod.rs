@@ -1,0 +1,251 @@
+//! The embedded broker: Kafka's semantics in process memory, for tests, examples and services
+//! that need no broker.
+//!
+//! Topics have partitions; a keyed message goes to the partition its key hashes to, a keyless
+//! one round-robin. Every consumer group reads every message; the members of a group split the
+//! partitions between them, and a partition changes hands only after its owner drained its
+//! in-flight work (or its drain timeout passed), at the group's committed offset. An ack moves
+//! the committed offset to the first unfinished message; a nack rewinds the partition to it, as
+//! a Kafka consumer seeking back would. A new group reads from the start of each topic.
+//!
+//! `memory://` names the process-wide default broker; `memory://NAME` a separate one, so tests
+//! can run side by side; `?partitions=N` sets how many partitions a topic gets when nothing else
+//! says (4 unless told).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use anybus::backend::memory::MemoryBroker;
+//! use anybus::{App, Message};
+//!
+//! let app = App::builder().connect("memory://doc-example").await.unwrap();
+//! app.publisher().send(Message::new("greetings", "hello")).await.unwrap();
+//! let broker = MemoryBroker::named("doc-example");
+//! assert_eq!(broker.messages("greetings").len(), 1);
+//! # app.shutdown().await.unwrap();
+//! # }
+//! ```
+
+mod consumer;
+mod group;
+mod log;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+
+use tokio::sync::Notify;
+
+use self::consumer::MemoryConsumer;
+use self::group::TopicGroup;
+use self::log::Topic;
+use super::{Backend, BackendError, Consumer, ConsumerConfig, PublishError, TopicSpec};
+use crate::handler::BoxFuture;
+use crate::message::{Message, Origin};
+use crate::url::{BrokerUrl, ConnectError};
+
+/// Partitions a topic gets when neither the subscription nor the URL says.
+pub const DEFAULT_PARTITIONS: u32 = 4;
+
+/// One embedded broker: its topics, consumer groups and committed offsets.
+pub struct MemoryBroker {
+    name: String,
+    default_partitions: u32,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    groups: Mutex<HashMap<(String, String), Arc<TopicGroup>>>,
+    /// Woken on every append and every change of ownership; consumers wait on it.
+    notify: Arc<Notify>,
+    next_member: AtomicU64,
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Arc<MemoryBroker>>> {
+    static BROKERS: OnceLock<Mutex<HashMap<String, Arc<MemoryBroker>>>> = OnceLock::new();
+    BROKERS.get_or_init(Default::default)
+}
+
+impl MemoryBroker {
+    /// The broker called `name` in this process, created on first use with
+    /// [`DEFAULT_PARTITIONS`]. `memory://NAME` connects to it.
+    pub fn named(name: &str) -> Arc<Self> {
+        Self::named_with(name, DEFAULT_PARTITIONS)
+    }
+
+    fn named_with(name: &str, default_partitions: u32) -> Arc<Self> {
+        let mut brokers = registry().lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(brokers.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Self {
+                name: name.to_owned(),
+                default_partitions,
+                topics: RwLock::default(),
+                groups: Mutex::default(),
+                notify: Arc::new(Notify::new()),
+                next_member: AtomicU64::new(1),
+            })
+        }))
+    }
+
+    /// The broker's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// The topic, created with `partitions` (or the default) if it does not exist.
+    fn topic_or_create(&self, name: &str, partitions: Option<u32>) -> Arc<Topic> {
+        if let Some(topic) = self.topic(name) {
+            return topic;
+        }
+        let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(topics.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Topic::new(
+                name,
+                partitions.unwrap_or(self.default_partitions),
+            ))
+        }))
+    }
+
+    fn group(&self, group: &str, topic: &str) -> Arc<TopicGroup> {
+        let topic = self.topic_or_create(topic, None);
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            groups
+                .entry((group.to_owned(), topic.name.to_string()))
+                .or_insert_with(|| Arc::new(TopicGroup::new(topic))),
+        )
+    }
+
+    /// Appends a message; returns where it landed. Creates the topic if needed.
+    pub fn append(&self, message: Message) -> Origin {
+        let topic = self.topic_or_create(message.topic(), None);
+        let origin = topic.append(message);
+        self.notify.notify_waiters();
+        origin
+    }
+
+    /// Every message of a topic, partition by partition, in offset order.
+    pub fn messages(&self, topic: &str) -> Vec<Arc<Message>> {
+        let Some(topic) = self.topic(topic) else {
+            return Vec::new();
+        };
+        let mut all = Vec::new();
+        for log in &topic.partitions {
+            log.read(0, usize::MAX, |m| all.push(Arc::clone(m)));
+        }
+        all
+    }
+
+    /// One past the last offset of each partition of a topic.
+    pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
+        self.topic(topic)
+            .map(|t| t.partitions.iter().map(|p| p.end()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The next offset `group` reads in each partition of `topic` (its committed offsets).
+    pub fn committed(&self, group: &str, topic: &str) -> Vec<i64> {
+        let g = self.group(group, topic);
+        (0..g.topic.partitions.len())
+            .map(|p| g.committed(p))
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The [`Backend`] over a [`MemoryBroker`].
+#[derive(Debug)]
+pub struct MemoryBackend {
+    broker: Arc<MemoryBroker>,
+}
+
+impl MemoryBackend {
+    /// Connects to the broker a `memory://[NAME][?partitions=N]` URL names.
+    pub fn connect(url: &BrokerUrl) -> Result<Self, ConnectError> {
+        let malformed = |reason: String| ConnectError::MalformedUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let (name, query) = match url.rest().split_once('?') {
+            Some((name, query)) => (name, Some(query)),
+            None => (url.rest(), None),
+        };
+        let name = name.trim_end_matches('/');
+        let mut partitions = DEFAULT_PARTITIONS;
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            match pair.split_once('=') {
+                Some(("partitions", n)) => {
+                    partitions = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        malformed(format!("`partitions` must be a positive number, not `{n}`"))
+                    })?;
+                }
+                _ => {
+                    return Err(malformed(format!(
+                        "unknown option `{pair}`; the memory backend knows `partitions=N`"
+                    )))
+                }
+            }
+        }
+        let name = if name.is_empty() { "default" } else { name };
+        Ok(Self {
+            broker: MemoryBroker::named_with(name, partitions),
+        })
+    }
+
+    /// The broker behind this backend.
+    pub fn broker(&self) -> &Arc<MemoryBroker> {
+        &self.broker
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn declare<'a>(&'a self, topics: &'a [TopicSpec]) -> BoxFuture<'a, Result<(), BackendError>> {
+        for topic in topics {
+            self.broker.topic_or_create(&topic.name, topic.partitions);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn consume(
+        &self,
+        config: ConsumerConfig,
+    ) -> BoxFuture<'_, Result<Box<dyn Consumer>, BackendError>> {
+        let groups = config
+            .topics
+            .iter()
+            .map(|t| self.broker.group(&config.group, t))
+            .collect();
+        let id = self.broker.next_member.fetch_add(1, Ordering::Relaxed);
+        let consumer = MemoryConsumer::join(
+            id,
+            groups,
+            Arc::clone(&self.broker.notify),
+            config.stats,
+            config.batch,
+            config.drain_timeout,
+        );
+        Box::pin(std::future::ready(Ok(
+            Box::new(consumer) as Box<dyn Consumer>
+        )))
+    }
+
+    fn publish(&self, message: Message) -> BoxFuture<'_, Result<Origin, PublishError>> {
+        Box::pin(std::future::ready(Ok(self.broker.append(message))))
+    }
+}

@@ -1,0 +1,196 @@
+//! The seam between the runtime and a broker.
+//!
+//! A [`Backend`] connects to one broker, declares topics, opens consumers and publishes with the
+//! broker's confirmation. It knows nothing of handlers, codecs, retries or deduplication: the
+//! runtime reads [`Delivery`]s from a [`Consumer`] and settles each through its [`Settler`].
+//!
+//! Every delivery carries a [`Receipt`] stamped with the generation of the partition assignment
+//! (Kafka, memory) or channel (RabbitMQ) that produced it. When a partition moves to another
+//! member, or a channel dies, the generation changes: a settlement with an older stamp is
+//! dropped and counted, never applied, and [`Settler::is_current`] lets the runtime skip work
+//! that is no longer its own.
+
+pub mod memory;
+pub mod offsets;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::handler::BoxFuture;
+use crate::message::{Message, Origin};
+use crate::observe::SubscriptionStats;
+use crate::url::{BrokerUrl, ConnectError};
+
+/// Why a backend operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The backend was closed.
+    #[error("the {backend} backend is closed")]
+    Closed {
+        /// Which backend.
+        backend: &'static str,
+    },
+    /// A topic could not be declared.
+    #[error("cannot declare topic `{topic}`: {reason}")]
+    Declare {
+        /// The topic.
+        topic: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// The broker failed an operation.
+    #[error("{backend} broker error: {reason}")]
+    Broker {
+        /// Which backend.
+        backend: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Why a publish was not confirmed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The value could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] crate::codec::EncodeError),
+    /// The broker refused or lost the message.
+    #[error("publish to `{topic}` failed: {reason}")]
+    Rejected {
+        /// The destination.
+        topic: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// The backend was closed.
+    #[error("cannot publish to `{topic}`: the backend is closed")]
+    Closed {
+        /// The destination.
+        topic: String,
+    },
+}
+
+/// A topic and how many partitions to create it with if it does not exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// The topic name.
+    pub name: String,
+    /// Partitions for a new topic; `None` leaves it to the backend's default.
+    pub partitions: Option<u32>,
+}
+
+/// What a consumer is opened for.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// The consumer group.
+    pub group: String,
+    /// The topics.
+    pub topics: Vec<String>,
+    /// The most deliveries one [`Consumer::poll`] may return.
+    pub batch: usize,
+    /// How long a revoked partition's in-flight work may take to finish before it is handed over
+    /// anyway.
+    pub drain_timeout: Duration,
+    /// Counters the backend updates (stale settlements).
+    pub stats: Arc<SubscriptionStats>,
+}
+
+/// Identifies one delivery to the backend that produced it. Opaque to the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub(crate) slot: u32,
+    pub(crate) offset: i64,
+    pub(crate) generation: u64,
+}
+
+impl Receipt {
+    /// A receipt; `slot` and `offset` mean what the backend wants them to mean.
+    pub fn new(slot: u32, offset: i64, generation: u64) -> Self {
+        Self {
+            slot,
+            offset,
+            generation,
+        }
+    }
+
+    /// The generation of the assignment or channel that produced the delivery.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+/// One received message and the receipt to settle it with.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The message, with its origin filled in.
+    pub message: Arc<Message>,
+    /// How to settle it.
+    pub receipt: Receipt,
+}
+
+/// A connection to one broker.
+pub trait Backend: Send + Sync + 'static {
+    /// `memory`, `kafka` or `rabbitmq`.
+    fn name(&self) -> &'static str;
+
+    /// Creates the topics that do not exist yet; existing ones are left as they are.
+    fn declare<'a>(&'a self, topics: &'a [TopicSpec]) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Joins `config.group` as a new member and starts consuming.
+    fn consume(
+        &self,
+        config: ConsumerConfig,
+    ) -> BoxFuture<'_, Result<Box<dyn Consumer>, BackendError>>;
+
+    /// Publishes one message and resolves when the broker has confirmed it, with where it landed.
+    fn publish(&self, message: Message) -> BoxFuture<'_, Result<Origin, PublishError>>;
+}
+
+/// One member of a consumer group.
+pub trait Consumer: Send {
+    /// Waits until there is at least one delivery and appends up to `batch` of them to `out`.
+    fn poll<'a>(
+        &'a mut self,
+        out: &'a mut Vec<Delivery>,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// The handle that settles this consumer's deliveries; shared with the workers.
+    fn settler(&self) -> Arc<dyn Settler>;
+
+    /// Commits what is complete and leaves the group. In-flight work should be drained first.
+    fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), BackendError>>;
+}
+
+/// Settles deliveries: acknowledges them, or asks for them again.
+pub trait Settler: Send + Sync {
+    /// Whether the receipt's generation is still the live one: if not, its work belongs to
+    /// another member now and should be skipped.
+    fn is_current(&self, receipt: &Receipt) -> bool;
+
+    /// The message is done: it may be committed. A stale receipt is dropped and counted.
+    fn ack(&self, receipt: &Receipt);
+
+    /// The message failed and must be delivered again. A stale receipt is dropped and counted.
+    fn nack(&self, receipt: &Receipt);
+}
+
+/// Connects to the broker the URL names.
+pub(crate) async fn connect(url: &BrokerUrl) -> Result<Arc<dyn Backend>, ConnectError> {
+    match url.scheme() {
+        "memory" => Ok(Arc::new(memory::MemoryBackend::connect(url)?)),
+        "kafka" => Err(ConnectError::FeatureDisabled {
+            scheme: url.scheme().to_owned(),
+            feature: "kafka",
+        }),
+        "amqp" | "amqps" => Err(ConnectError::FeatureDisabled {
+            scheme: url.scheme().to_owned(),
+            feature: "rabbitmq",
+        }),
+        other => Err(ConnectError::UnknownScheme {
+            scheme: other.to_owned(),
+            url: url.to_string(),
+        }),
+    }
+}

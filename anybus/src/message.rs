@@ -1,0 +1,297 @@
+//! A message as anybus sees it: key, headers, payload bytes and where it came from.
+//!
+//! The same type travels both ways. A handler receives a [`Message`] whose [`Origin`] says which
+//! topic, partition and offset (or RabbitMQ delivery tag) it was read from; a publisher builds one
+//! with [`Message::new`] and the backend fills in the partition and offset it was written to.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// Header names that anybus writes itself. Users may read them; they should not set them.
+pub mod header {
+    /// The unique id of a published message (UUID v7), the default deduplication key.
+    pub const MESSAGE_ID: &str = "anybus-message-id";
+    /// Where the answer to a request goes.
+    pub const REPLY_TO: &str = "anybus-reply-to";
+    /// Ties an answer to its request.
+    pub const CORRELATION_ID: &str = "anybus-correlation-id";
+    /// Set on an answer when the handler of the request failed; the value is the error message.
+    pub const ERROR: &str = "anybus-error";
+    /// The delivery attempt anybus counts itself (1 for the first delivery).
+    pub const ATTEMPT: &str = "anybus-attempt";
+}
+
+/// The unique id every published message carries (a UUID v7, so ids sort by creation time).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(Uuid);
+
+impl MessageId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// The id as a UUID.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// Parses the text form written in the [`header::MESSAGE_ID`] header.
+    pub fn parse(text: &str) -> Option<Self> {
+        Uuid::try_parse(text).ok().map(Self)
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.0)
+    }
+}
+
+/// Ordered message headers. Names may repeat (Kafka allows it); [`Headers::get`] returns the
+/// last value of a name, as most clients do.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, Bytes)>);
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Appends a header, keeping any earlier one of the same name.
+    pub fn append(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// Replaces every header of this name by one with `value`.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Bytes>) {
+        let name = name.into();
+        self.0.retain(|(n, _)| *n != name);
+        self.0.push((name, value.into()));
+    }
+
+    /// Removes every header of this name.
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| n != name);
+    }
+
+    /// The last value of `name`.
+    pub fn get(&self, name: &str) -> Option<&Bytes> {
+        self.0.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// The last value of `name`, if it is UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// All headers in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v))
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(n, v)| (n, String::from_utf8_lossy(v).into_owned())),
+            )
+            .finish()
+    }
+}
+
+impl<N: Into<String>, V: Into<Bytes>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+/// Where a message was read from, or is going to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The topic (Kafka, memory) or the topic the event was published to (RabbitMQ).
+    pub topic: Arc<str>,
+    /// The partition, where the broker has partitions.
+    pub partition: Option<i32>,
+    /// The offset within the partition, where the broker has offsets.
+    pub offset: Option<i64>,
+    /// The RabbitMQ delivery tag, on RabbitMQ.
+    pub delivery_tag: Option<u64>,
+}
+
+impl Origin {
+    /// An origin naming only the topic: what a message has before it is published.
+    pub fn topic(topic: impl Into<Arc<str>>) -> Self {
+        Self {
+            topic: topic.into(),
+            partition: None,
+            offset: None,
+            delivery_tag: None,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.topic)?;
+        if let Some(p) = self.partition {
+            write!(f, "[{p}]")?;
+        }
+        if let Some(o) = self.offset {
+            write!(f, "@{o}")?;
+        }
+        if let Some(t) = self.delivery_tag {
+            write!(f, "#{t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One message: key, headers, payload and origin, plus the id anybus gives every message.
+///
+/// Cloning is cheap: the key and payload are reference-counted [`Bytes`].
+///
+/// ```
+/// use anybus::Message;
+/// let msg = Message::new("orders.created", r#"{"order_id":7}"#).with_key("7");
+/// assert_eq!(msg.key().map(|k| &k[..]), Some(&b"7"[..]));
+/// assert_eq!(&msg.origin().topic[..], "orders.created");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Message {
+    id: MessageId,
+    key: Option<Bytes>,
+    headers: Headers,
+    payload: Bytes,
+    origin: Origin,
+}
+
+impl Message {
+    /// A message for `topic` with a fresh id, no key and no headers.
+    pub fn new(topic: impl Into<Arc<str>>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            id: MessageId::new(),
+            key: None,
+            headers: Headers::new(),
+            payload: payload.into(),
+            origin: Origin::topic(topic),
+        }
+    }
+
+    /// Sets the key, which picks the partition and, with key ordering, the lane.
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the headers.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Keeps an existing id (a replay or a message read back from a broker header).
+    pub fn with_id(mut self, id: MessageId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Sets where the message was read from; used by backends.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// The message id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The key, if any.
+    pub fn key(&self) -> Option<&Bytes> {
+        self.key.as_ref()
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The headers, to change before publishing.
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Where the message came from (or goes to, before it is published).
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The topic: shorthand for `origin().topic`.
+    pub fn topic(&self) -> &str {
+        &self.origin.topic
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_returns_the_last_value_of_a_repeated_header() {
+        let mut h = Headers::new();
+        h.append("a", "1");
+        h.append("a", "2");
+        assert_eq!(h.get_str("a"), Some("2"));
+        assert_eq!(h.len(), 2);
+        h.insert("a", "3");
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get_str("a"), Some("3"));
+    }
+
+    #[test]
+    fn message_ids_are_unique_and_parse_back() {
+        let a = MessageId::new();
+        let b = MessageId::new();
+        assert_ne!(a, b);
+        assert_eq!(MessageId::parse(&a.to_string()), Some(a));
+    }
+}

@@ -1,0 +1,98 @@
+//! What the runtime counts and traces.
+//!
+//! Every delivery is handled inside a `tracing` span named `anybus.delivery` with the topic,
+//! partition, offset, consumer group, message id and subscription; a handler's failure is logged
+//! inside it. Counters per subscription are plain atomics, read with
+//! [`App::stats`](crate::App::stats).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::field::Empty;
+use tracing::Span;
+
+use crate::message::Message;
+
+/// Live counters of one subscription.
+#[derive(Debug, Default)]
+pub struct SubscriptionStats {
+    /// Deliveries whose handler succeeded.
+    pub handled: AtomicU64,
+    /// Transient failures (the message is delivered again).
+    pub transient_failures: AtomicU64,
+    /// Permanent failures, decode failures included.
+    pub permanent_failures: AtomicU64,
+    /// Payloads that did not decode.
+    pub decode_failures: AtomicU64,
+    /// Partitions rewound by a nack.
+    pub redeliveries: AtomicU64,
+    /// Acks and nacks dropped because their generation was no longer live.
+    pub stale_settlements: AtomicU64,
+    /// Deliveries skipped before their handler ran because their partition had moved on.
+    pub skipped_stale: AtomicU64,
+}
+
+impl SubscriptionStats {
+    /// A consistent-enough copy of the counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            handled: get(&self.handled),
+            transient_failures: get(&self.transient_failures),
+            permanent_failures: get(&self.permanent_failures),
+            decode_failures: get(&self.decode_failures),
+            redeliveries: get(&self.redeliveries),
+            stale_settlements: get(&self.stale_settlements),
+            skipped_stale: get(&self.skipped_stale),
+        }
+    }
+
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The counters of one subscription at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// See [`SubscriptionStats::handled`].
+    pub handled: u64,
+    /// See [`SubscriptionStats::transient_failures`].
+    pub transient_failures: u64,
+    /// See [`SubscriptionStats::permanent_failures`].
+    pub permanent_failures: u64,
+    /// See [`SubscriptionStats::decode_failures`].
+    pub decode_failures: u64,
+    /// See [`SubscriptionStats::redeliveries`].
+    pub redeliveries: u64,
+    /// See [`SubscriptionStats::stale_settlements`].
+    pub stale_settlements: u64,
+    /// See [`SubscriptionStats::skipped_stale`].
+    pub skipped_stale: u64,
+}
+
+/// The span one delivery is handled in. Costs one branch when no subscriber listens.
+pub(crate) fn delivery_span(message: &Message, group: &str, subscription: &str) -> Span {
+    let origin = message.origin();
+    let span = tracing::info_span!(
+        "anybus.delivery",
+        topic = &*origin.topic,
+        partition = Empty,
+        offset = Empty,
+        delivery_tag = Empty,
+        group,
+        message_id = %message.id(),
+        subscription,
+    );
+    if !span.is_disabled() {
+        if let Some(p) = origin.partition {
+            span.record("partition", p);
+        }
+        if let Some(o) = origin.offset {
+            span.record("offset", o);
+        }
+        if let Some(t) = origin.delivery_tag {
+            span.record("delivery_tag", t);
+        }
+    }
+    span
+}

@@ -1,0 +1,1 @@
+//! Backend-agnostic conformance test bodies.
