@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{self, Backend, BackendError, ConsumerConfig, TopicSpec};
 use crate::context::StateMap;
 use crate::message::MessageId;
-use crate::observe::{StatsSnapshot, SubscriptionStats};
+use crate::observe::{StatsSnapshot, SubscriptionStats, TopicPartition};
 use crate::pipeline::ordering::Dispatch;
 use crate::pipeline::Worker;
 use crate::publish::{Publisher, Replies};
@@ -375,6 +375,15 @@ impl App {
                 stats: r.stats.snapshot(),
             })
             .collect()
+    }
+
+    /// The partitions a subscription's member owns, as a watch that changes with every
+    /// rebalance; `None` for an unknown subscription name.
+    pub fn assignment(&self, subscription: &str) -> Option<watch::Receiver<Vec<TopicPartition>>> {
+        self.running
+            .iter()
+            .find(|r| r.spec.name == subscription)
+            .map(|r| r.stats.assignment.subscribe())
     }
 
     /// Runs until Ctrl-C, SIGTERM or a [`ShutdownHandle`], then shuts down gracefully.

@@ -6,15 +6,29 @@
 //! [`App::stats`](crate::App::stats).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use tracing::field::Empty;
 use tracing::Span;
 
 use crate::message::Message;
 
-/// Live counters of one subscription.
-#[derive(Debug, Default)]
+/// One partition of one topic.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The partition (0 for a RabbitMQ queue).
+    pub partition: i32,
+}
+
+/// Live counters of one subscription, and the partitions it owns.
+#[derive(Debug)]
 pub struct SubscriptionStats {
+    /// The partitions this member owns right now, as the backend last reported them.
+    pub assignment: watch::Sender<Vec<TopicPartition>>,
     /// Deliveries whose handler succeeded.
     pub handled: AtomicU64,
     /// Transient failures (the message is delivered again).
@@ -29,6 +43,21 @@ pub struct SubscriptionStats {
     pub stale_settlements: AtomicU64,
     /// Deliveries skipped before their handler ran because their partition had moved on.
     pub skipped_stale: AtomicU64,
+}
+
+impl Default for SubscriptionStats {
+    fn default() -> Self {
+        Self {
+            assignment: watch::Sender::new(Vec::new()),
+            handled: AtomicU64::default(),
+            transient_failures: AtomicU64::default(),
+            permanent_failures: AtomicU64::default(),
+            decode_failures: AtomicU64::default(),
+            redeliveries: AtomicU64::default(),
+            stale_settlements: AtomicU64::default(),
+            skipped_stale: AtomicU64::default(),
+        }
+    }
 }
 
 impl SubscriptionStats {

@@ -1,1 +1,702 @@
-//! Backend-agnostic conformance test bodies.
+//! The cross-backend conformance suite: test bodies that know nothing of the broker under them.
+//!
+//! Each body takes an [`Env`] (a broker URL) and uses topic and group names of its own, so the
+//! bodies can share one real broker. [`conformance_suite!`] turns them into `#[tokio::test]`s
+//! for one backend: adding a backend is one line in `tests/tests/`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anybus::{App, HandlerError, Headers, Message, MessageId, Ordering, Subscription};
+use bytes::Bytes;
+use tokio::sync::{mpsc, Barrier, Semaphore};
+
+/// How long a test waits for an event before it fails. A bound on failure, not a sleep.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The broker a suite runs against.
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// The broker URL.
+    pub url: String,
+    /// Partitions to create topics with.
+    pub partitions: u32,
+}
+
+impl Env {
+    /// A fresh embedded broker of its own.
+    pub fn memory() -> Self {
+        Self {
+            url: format!("memory://conformance-{}", MessageId::new()),
+            partitions: 4,
+        }
+    }
+
+    /// A name no other test uses: `{base}-{unique}`.
+    pub fn unique(&self, base: &str) -> String {
+        format!("{base}-{}", MessageId::new())
+    }
+
+    /// An app with these subscriptions on this broker, with a short drain timeout.
+    pub async fn start(&self, subscriptions: Vec<Subscription>) -> App {
+        subscriptions
+            .into_iter()
+            .fold(App::builder(), |b, s| b.subscribe(s))
+            .drain_timeout(Duration::from_secs(10))
+            .connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot start an app on {}: {e}", self.url))
+    }
+}
+
+/// Receives what handlers report, failing the test when it does not come in time.
+pub struct Inbox<T>(mpsc::UnboundedReceiver<T>);
+
+impl<T> Inbox<T> {
+    /// A sender for handlers and the inbox that reads it.
+    pub fn new() -> (mpsc::UnboundedSender<T>, Self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, Self(rx))
+    }
+
+    /// The next report.
+    pub async fn next(&mut self, what: &str) -> T {
+        match tokio::time::timeout(PATIENCE, self.0.recv()).await {
+            Ok(Some(v)) => v,
+            Ok(None) => panic!("{what}: every sender is gone"),
+            Err(_) => panic!("{what}: nothing arrived within {PATIENCE:?}"),
+        }
+    }
+
+    /// The next `n` reports.
+    pub async fn take(&mut self, n: usize, what: &str) -> Vec<T> {
+        let mut all = Vec::with_capacity(n);
+        while all.len() < n {
+            all.push(
+                self.next(&format!("{what} ({} of {n} so far)", all.len()))
+                    .await,
+            );
+        }
+        all
+    }
+
+    /// Reports already waiting, without waiting for more.
+    pub fn drain_ready(&mut self) -> Vec<T> {
+        let mut all = Vec::new();
+        while let Ok(v) = self.0.try_recv() {
+            all.push(v);
+        }
+        all
+    }
+}
+
+/// A handler that reports every message it is given.
+fn reporting(
+    tx: mpsc::UnboundedSender<Message>,
+) -> impl Fn(Message) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static {
+    move |m: Message| {
+        let _ = tx.send(m);
+        std::future::ready(Ok(()))
+    }
+}
+
+async fn publish_numbered(app: &App, topic: &str, n: usize, keys: usize) -> Vec<MessageId> {
+    let publisher = app.publisher();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = format!("k{}", i % keys.max(1));
+        let message = Message::new(topic, i.to_string()).with_key(key);
+        ids.push(message.id());
+        publisher
+            .send(message)
+            .await
+            .unwrap_or_else(|e| panic!("publish {i} to {topic}: {e}"));
+    }
+    ids
+}
+
+/// A message published with a key and headers arrives with the same key, headers, payload and
+/// id, and says where it came from.
+pub async fn round_trip_keeps_key_and_headers(env: &Env) {
+    let topic = env.unique("round-trip");
+    let (tx, mut inbox) = Inbox::new();
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .group(env.unique("g"))
+            .partitions(env.partitions)
+            .handler(reporting(tx))])
+        .await;
+    let mut headers = Headers::new();
+    headers.append("trace", Bytes::from_static(b"abc"));
+    headers.append("binary", Bytes::from_static(&[0, 159, 255]));
+    let sent = Message::new(topic.as_str(), r#"{"n":1}"#)
+        .with_key("user-7")
+        .with_headers(headers.clone());
+    let origin = app.publisher().send(sent.clone()).await.expect("publish");
+
+    let got = inbox.next("the published message").await;
+    assert_eq!(got.id(), sent.id());
+    assert_eq!(got.key().map(|k| &k[..]), Some(&b"user-7"[..]));
+    assert_eq!(got.payload(), sent.payload());
+    for (name, value) in headers.iter() {
+        assert_eq!(got.headers().get(name), Some(value), "header {name}");
+    }
+    assert_eq!(got.topic(), topic);
+    assert_eq!(got.origin().partition, origin.partition);
+    assert_eq!(got.origin().offset, origin.offset);
+    app.shutdown().await.expect("shutdown");
+}
+
+/// Two groups on one topic each get every message once.
+pub async fn every_group_gets_every_message(env: &Env) {
+    let topic = env.unique("two-groups");
+    let (tx_a, mut a) = Inbox::new();
+    let (tx_b, mut b) = Inbox::new();
+    let app = env
+        .start(vec![
+            Subscription::builder([&topic])
+                .name("a")
+                .group(env.unique("group-a"))
+                .partitions(env.partitions)
+                .handler(reporting(tx_a)),
+            Subscription::builder([&topic])
+                .name("b")
+                .group(env.unique("group-b"))
+                .partitions(env.partitions)
+                .handler(reporting(tx_b)),
+        ])
+        .await;
+    let sent: BTreeSet<MessageId> = publish_numbered(&app, &topic, 40, 8)
+        .await
+        .into_iter()
+        .collect();
+    for inbox in [&mut a, &mut b] {
+        let got: Vec<MessageId> = inbox
+            .take(40, "each group")
+            .await
+            .iter()
+            .map(Message::id)
+            .collect();
+        let unique: BTreeSet<MessageId> = got.iter().copied().collect();
+        assert_eq!(unique, sent, "a group missed messages");
+        assert_eq!(unique.len(), got.len(), "a group got a message twice");
+    }
+    app.shutdown().await.expect("shutdown");
+    assert!(
+        a.drain_ready().is_empty() && b.drain_ready().is_empty(),
+        "extra deliveries"
+    );
+}
+
+/// Waits until the member's assignment satisfies `ok`.
+async fn wait_assignment(app: &App, name: &str, what: &str, ok: impl Fn(usize) -> bool) {
+    let mut watch = app.assignment(name).expect("subscription exists");
+    let settled = tokio::time::timeout(PATIENCE, watch.wait_for(|a| ok(a.len())))
+        .await
+        .map(|r| r.is_ok());
+    match settled {
+        Ok(true) => {}
+        Ok(false) => panic!("{what}: the subscription stopped"),
+        Err(_) => panic!(
+            "{what}: assignment never settled (now {:?})",
+            *watch.borrow()
+        ),
+    }
+}
+
+/// Two members of one group split the partitions, and while both live no message is handled
+/// twice.
+pub async fn members_of_a_group_split_the_messages(env: &Env) {
+    let topic = env.unique("split");
+    let group = env.unique("g");
+    let (tx, mut inbox) = Inbox::new();
+    let member = |tx: mpsc::UnboundedSender<(usize, Message)>, who: usize| {
+        Subscription::builder([&topic])
+            .name("member")
+            .group(&group)
+            .partitions(env.partitions)
+            .handler(move |m: Message| {
+                let _ = tx.send((who, m));
+                std::future::ready(Ok::<(), HandlerError>(()))
+            })
+    };
+    let one = env.start(vec![member(tx.clone(), 1)]).await;
+    let two = env.start(vec![member(tx, 2)]).await;
+    let half = |n: usize| n == env.partitions as usize / 2;
+    wait_assignment(&one, "member", "member one", half).await;
+    wait_assignment(&two, "member", "member two", half).await;
+
+    let sent: BTreeSet<MessageId> = publish_numbered(&one, &topic, 80, 16)
+        .await
+        .into_iter()
+        .collect();
+    let got = inbox.take(80, "the group's deliveries").await;
+    let mut by_member = [0usize; 3];
+    let mut seen = BTreeSet::new();
+    for (who, m) in &got {
+        by_member[*who] += 1;
+        assert!(seen.insert(m.id()), "message {} handled twice", m.id());
+    }
+    assert_eq!(seen, sent);
+    assert!(
+        by_member[1] > 0 && by_member[2] > 0,
+        "one member did all the work: {by_member:?}"
+    );
+    one.shutdown().await.expect("shutdown one");
+    two.shutdown().await.expect("shutdown two");
+    assert!(
+        inbox.drain_ready().is_empty(),
+        "a message was delivered again"
+    );
+}
+
+/// A message whose handler failed transiently is delivered again, and then succeeds.
+pub async fn failed_message_is_delivered_again(env: &Env) {
+    let topic = env.unique("redeliver");
+    let failed_once = Arc::new(Mutex::new(BTreeSet::new()));
+    let (tx, mut inbox) = Inbox::new();
+    let failures = Arc::clone(&failed_once);
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("flaky")
+            .group(env.unique("g"))
+            .partitions(env.partitions)
+            .handler(move |m: Message| {
+                let first = failures.lock().expect("lock").insert(m.id());
+                let _ = tx.send((m.id(), first));
+                std::future::ready(if first {
+                    Err(HandlerError::transient(std::io::Error::other(
+                        "first attempt fails",
+                    )))
+                } else {
+                    Ok(())
+                })
+            })])
+        .await;
+    let sent = publish_numbered(&app, &topic, 5, 5).await;
+    let mut succeeded = BTreeSet::new();
+    while succeeded.len() < sent.len() {
+        let (id, first) = inbox.next("attempts").await;
+        if !first {
+            succeeded.insert(id);
+        }
+    }
+    assert_eq!(succeeded, sent.iter().copied().collect());
+    assert_eq!(failed_once.lock().expect("lock").len(), sent.len());
+    let stats = app.stats()[0].stats;
+    assert_eq!(stats.transient_failures, sent.len() as u64);
+    app.shutdown().await.expect("shutdown");
+}
+
+/// Under `ordering = "partition"`, messages of one partition are handled one at a time, in
+/// offset order, and so messages of one key stay in publish order.
+pub async fn partition_order_is_kept(env: &Env) {
+    let topic = env.unique("partition-order");
+    let in_flight: Arc<Mutex<HashMap<i32, usize>>> = Arc::default();
+    let (tx, mut inbox) = Inbox::new();
+    let running = Arc::clone(&in_flight);
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("ordered")
+            .group(env.unique("g"))
+            .partitions(env.partitions)
+            .ordering(Ordering::Partition)
+            .handler(move |m: Message| {
+                let (tx, running) = (tx.clone(), Arc::clone(&running));
+                async move {
+                    let p = m.origin().partition.unwrap_or(0);
+                    let overlap = {
+                        let mut r = running.lock().expect("lock");
+                        let n = r.entry(p).or_default();
+                        *n += 1;
+                        *n > 1
+                    };
+                    tokio::task::yield_now().await;
+                    running
+                        .lock()
+                        .expect("lock")
+                        .entry(p)
+                        .and_modify(|n| *n -= 1);
+                    let _ = tx.send((m, overlap));
+                    Ok::<(), HandlerError>(())
+                }
+            })])
+        .await;
+    publish_numbered(&app, &topic, 300, 10).await;
+    let got = inbox.take(300, "ordered deliveries").await;
+    let mut last_seq: BTreeMap<Bytes, usize> = BTreeMap::new();
+    let mut last_offset: BTreeMap<i32, i64> = BTreeMap::new();
+    for (m, overlap) in &got {
+        assert!(
+            !overlap,
+            "two handlers ran at once on partition {:?}",
+            m.origin().partition
+        );
+        let seq: usize = std::str::from_utf8(m.payload())
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        let key = m.key().cloned().expect("keyed");
+        if let Some(prev) = last_seq.insert(key.clone(), seq) {
+            assert!(prev < seq, "key {key:?}: {seq} handled after {prev}");
+        }
+        if let (Some(p), Some(o)) = (m.origin().partition, m.origin().offset) {
+            if let Some(prev) = last_offset.insert(p, o) {
+                assert!(prev < o, "partition {p}: offset {o} handled after {prev}");
+            }
+        }
+    }
+    app.shutdown().await.expect("shutdown");
+}
+
+/// Under `ordering = "none"`, up to `concurrency` handlers run at once, and never more.
+pub async fn unordered_runs_up_to_concurrency(env: &Env) {
+    const CONCURRENCY: usize = 8;
+    let topic = env.unique("unordered");
+    // The first CONCURRENCY handlers wait for each other: they can only all pass if that many
+    // run at the same time.
+    let barrier = Arc::new(Barrier::new(CONCURRENCY));
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let (tx, mut inbox) = Inbox::new();
+    let (b, r, p, s) = (
+        Arc::clone(&barrier),
+        Arc::clone(&running),
+        Arc::clone(&peak),
+        Arc::clone(&started),
+    );
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("parallel")
+            .group(env.unique("g"))
+            .partitions(env.partitions)
+            .ordering(Ordering::None)
+            .concurrency(CONCURRENCY)
+            .handler(move |m: Message| {
+                let (tx, b, r, p, s) = (
+                    tx.clone(),
+                    Arc::clone(&b),
+                    Arc::clone(&r),
+                    Arc::clone(&p),
+                    Arc::clone(&s),
+                );
+                async move {
+                    let now = r.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+                    p.fetch_max(now, AtomicOrdering::SeqCst);
+                    if s.fetch_add(1, AtomicOrdering::SeqCst) < CONCURRENCY {
+                        b.wait().await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                    r.fetch_sub(1, AtomicOrdering::SeqCst);
+                    let _ = tx.send(m.id());
+                    Ok::<(), HandlerError>(())
+                }
+            })])
+        .await;
+    publish_numbered(&app, &topic, 100, 100).await;
+    let got: BTreeSet<MessageId> = inbox
+        .take(100, "unordered deliveries")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(got.len(), 100);
+    assert_eq!(
+        peak.load(AtomicOrdering::SeqCst),
+        CONCURRENCY,
+        "peak concurrency"
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
+/// Shutdown lets the running handler finish, commits what completed, and loses nothing: a new
+/// member of the group handles exactly what the first did not.
+pub async fn shutdown_drains_and_loses_nothing(env: &Env) {
+    let topic = env.unique("shutdown");
+    let group = env.unique("g");
+    // Closed, the gate lets every handler through; until then they wait at it.
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started) = Inbox::new();
+    let (done_tx, mut done) = Inbox::new();
+    let subscription = |gate: Arc<Semaphore>,
+                        started: mpsc::UnboundedSender<MessageId>,
+                        done: mpsc::UnboundedSender<MessageId>| {
+        Subscription::builder([&topic])
+            .name("slow")
+            .group(&group)
+            .partitions(env.partitions)
+            .handler(move |m: Message| {
+                let (gate, started, done) = (gate.clone(), started.clone(), done.clone());
+                async move {
+                    let _ = started.send(m.id());
+                    let _ = gate.acquire().await;
+                    let _ = done.send(m.id());
+                    Ok::<(), HandlerError>(())
+                }
+            })
+    };
+    let first = env
+        .start(vec![subscription(
+            Arc::clone(&gate),
+            started_tx.clone(),
+            done_tx.clone(),
+        )])
+        .await;
+    let sent: BTreeSet<MessageId> = publish_numbered(&first, &topic, 20, 20)
+        .await
+        .into_iter()
+        .collect();
+    let running = started.next("a handler starts").await;
+
+    let mut shutdown = tokio::spawn(first.shutdown());
+    // Not a synchronisation: a bound for asserting that shutdown does *not* return while a
+    // handler is still running.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut shutdown)
+            .await
+            .is_err(),
+        "shutdown returned while a handler was still running"
+    );
+    gate.close();
+    shutdown.await.expect("join").expect("shutdown");
+    let finished_first: BTreeSet<MessageId> = done.drain_ready().into_iter().collect();
+    let started_first: BTreeSet<MessageId> = std::iter::once(running)
+        .chain(started.drain_ready())
+        .collect();
+    assert!(
+        finished_first.contains(&running),
+        "the running handler was cut off"
+    );
+    assert_eq!(
+        started_first, finished_first,
+        "a started handler did not finish before shutdown returned"
+    );
+    assert!(
+        finished_first.len() < sent.len(),
+        "shutdown handled everything: nothing to resume"
+    );
+
+    let second = env
+        .start(vec![subscription(gate, started_tx, done_tx)])
+        .await;
+    let remaining = sent.len() - finished_first.len();
+    let finished_second: BTreeSet<MessageId> = done
+        .take(remaining, "the rest after restart")
+        .await
+        .into_iter()
+        .collect();
+    assert!(
+        finished_first.is_disjoint(&finished_second),
+        "completed work was handled again"
+    );
+    let all: BTreeSet<MessageId> = finished_first.union(&finished_second).copied().collect();
+    assert_eq!(all, sent, "messages were lost");
+    second.shutdown().await.expect("shutdown");
+    assert!(
+        done.drain_ready().is_empty(),
+        "extra deliveries after the rest"
+    );
+}
+
+/// A member that leaves mid-stream loses nothing: every message is handled at least once.
+pub async fn member_leaving_mid_stream_loses_nothing(env: &Env) {
+    const N: usize = 200;
+    let topic = env.unique("leave");
+    let group = env.unique("g");
+    let (tx, mut inbox) = Inbox::new();
+    let member = |tx: mpsc::UnboundedSender<MessageId>| {
+        Subscription::builder([&topic])
+            .name("member")
+            .group(&group)
+            .partitions(env.partitions)
+            .handler(move |m: Message| {
+                let tx = tx.clone();
+                async move {
+                    tokio::task::yield_now().await;
+                    let _ = tx.send(m.id());
+                    Ok::<(), HandlerError>(())
+                }
+            })
+    };
+    let leaving = env.start(vec![member(tx.clone())]).await;
+    let staying = env.start(vec![member(tx)]).await;
+    let sent: BTreeSet<MessageId> = publish_numbered(&staying, &topic, N, 50)
+        .await
+        .into_iter()
+        .collect();
+    let mut handled: BTreeSet<MessageId> = inbox
+        .take(N / 4, "the first quarter")
+        .await
+        .into_iter()
+        .collect();
+    leaving
+        .shutdown()
+        .await
+        .expect("the leaving member shuts down");
+    while handled.len() < N {
+        handled.insert(
+            inbox
+                .next(&format!("after the leave ({} of {N})", handled.len()))
+                .await,
+        );
+    }
+    assert_eq!(handled, sent);
+    wait_assignment(&staying, "member", "the staying member", |n| {
+        n == env.partitions as usize
+    })
+    .await;
+    staying.shutdown().await.expect("shutdown");
+}
+
+/// A request is answered by the handler's return value; a handler's permanent failure comes
+/// back as a typed error; a request nobody answers times out with a typed error.
+pub async fn requests_are_answered_or_time_out(env: &Env) {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Register {
+        email: String,
+    }
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Registered {
+        user_id: String,
+    }
+    let topic = env.unique("register");
+    let silent = env.unique("nobody-listens");
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("register")
+            .group(env.unique("accounts"))
+            .partitions(env.partitions)
+            .handler(|r: Register| async move {
+                if r.email.contains('@') {
+                    Ok(Registered {
+                        user_id: format!("u-{}", r.email.len()),
+                    })
+                } else {
+                    Err(HandlerError::permanent(std::io::Error::other(format!(
+                        "`{}` is not an email address",
+                        r.email
+                    ))))
+                }
+            })])
+        .await;
+    let publisher = app.publisher();
+    let answer: Registered = publisher
+        .request(
+            &topic,
+            &Register {
+                email: "ada@example.com".into(),
+            },
+            PATIENCE,
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(
+        answer,
+        Registered {
+            user_id: "u-15".into()
+        }
+    );
+
+    let refused = publisher
+        .request::<_, Registered>(
+            &topic,
+            &Register {
+                email: "nope".into(),
+            },
+            PATIENCE,
+        )
+        .await
+        .expect_err("a failed handler");
+    match refused {
+        anybus::RequestError::Remote { error, .. } => {
+            assert!(error.contains("`nope` is not an email address"), "{error}")
+        }
+        other => panic!("expected a remote error, got {other:?}"),
+    }
+
+    let timeout = Duration::from_millis(200);
+    let unanswered = publisher
+        .request::<_, Registered>(
+            &silent,
+            &Register {
+                email: "x@y".into(),
+            },
+            timeout,
+        )
+        .await
+        .expect_err("nobody answers");
+    assert!(
+        matches!(unanswered, anybus::RequestError::Timeout { ref topic, timeout: t } if *topic == silent && t == timeout),
+        "{unanswered:?}"
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
+/// A payload that does not decode is a permanent failure: it is counted, not retried, and the
+/// messages after it in the same partition are still handled.
+pub async fn undecodable_payload_does_not_stop_the_partition(env: &Env) {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        n: u32,
+    }
+    let topic = env.unique("decode");
+    let (tx, mut inbox) = Inbox::new();
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("typed")
+            .group(env.unique("g"))
+            .partitions(env.partitions)
+            .handler(move |e: Event| {
+                let _ = tx.send(e.n);
+                std::future::ready(Ok::<(), HandlerError>(()))
+            })])
+        .await;
+    let publisher = app.publisher();
+    // One key: all three land in the same partition, the bad one in the middle.
+    for payload in [&br#"{"n":1}"#[..], b"not json at all", br#"{"n":3}"#] {
+        publisher
+            .send(Message::new(topic.as_str(), Bytes::copy_from_slice(payload)).with_key("same"))
+            .await
+            .expect("publish");
+    }
+    assert_eq!(inbox.take(2, "the decodable events").await, [1, 3]);
+    // The lane handles one message at a time, so the failure was counted before 3 ran.
+    let stats = app.stats()[0].stats;
+    assert_eq!(stats.decode_failures, 1);
+    assert_eq!(stats.permanent_failures, 1);
+    assert_eq!(
+        stats.transient_failures, 0,
+        "a decode failure is not retried"
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
+/// Expands to one `#[tokio::test]` per conformance body, each calling it with `$env`.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($env:expr) => {
+        $crate::conformance_suite!(@tests $env;
+            round_trip_keeps_key_and_headers,
+            every_group_gets_every_message,
+            members_of_a_group_split_the_messages,
+            failed_message_is_delivered_again,
+            partition_order_is_kept,
+            unordered_runs_up_to_concurrency,
+            shutdown_drains_and_loses_nothing,
+            member_leaving_mid_stream_loses_nothing,
+            requests_are_answered_or_time_out,
+            undecodable_payload_does_not_stop_the_partition,
+        );
+    };
+    (@tests $env:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::$name(&$env).await;
+            }
+        )*
+    };
+}

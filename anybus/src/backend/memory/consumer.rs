@@ -12,7 +12,7 @@ use super::group::{MemberId, TopicGroup};
 use crate::backend::offsets::OffsetTracker;
 use crate::backend::{BackendError, Consumer, Delivery, Receipt, Settler};
 use crate::handler::BoxFuture;
-use crate::observe::SubscriptionStats;
+use crate::observe::{SubscriptionStats, TopicPartition};
 
 /// A partition this member owns.
 struct Slot {
@@ -34,6 +34,8 @@ struct MemberState {
     /// The version of each topic group's assignment last looked at.
     synced: Vec<u64>,
     closed: bool,
+    /// Slots were added or removed since the assignment was last reported.
+    reassigned: bool,
 }
 
 /// The part of a member that workers settle through.
@@ -74,8 +76,11 @@ impl Member {
                             generation: a.generation[p],
                             position,
                             tracker: OffsetTracker::new(position),
-                            revoke_deadline: None,
+                            // Owned but already promised to another member: give it up as
+                            // soon as it is drained, which it is.
+                            revoke_deadline: (!wanted).then_some(now),
                         });
+                        st.reassigned = true;
                     }
                     (true, Some(i)) => {
                         let slot = &mut st.slots[i];
@@ -87,6 +92,7 @@ impl Member {
                     }
                     (false, Some(i)) => {
                         st.slots.swap_remove(i);
+                        st.reassigned = true;
                     }
                     (false, None) => {}
                 }
@@ -115,6 +121,7 @@ impl Member {
                     group.commit(slot.partition, slot.tracker.commit_point());
                     group.release(self.id, slot.partition);
                     st.slots.swap_remove(i);
+                    st.reassigned = true;
                     self.notify.notify_waiters();
                 }
                 Some(deadline) => {
@@ -161,6 +168,29 @@ impl Member {
         st.slots
             .iter_mut()
             .find(|s| s.key == receipt.slot && s.generation == receipt.generation)
+    }
+
+    /// Tells the runtime which partitions this member owns, when that changed.
+    fn report_assignment(&self, st: &mut MemberState) {
+        if !std::mem::take(&mut st.reassigned) {
+            return;
+        }
+        let mut owned: Vec<TopicPartition> = st
+            .slots
+            .iter()
+            .map(|s| TopicPartition {
+                topic: Arc::clone(&self.groups[s.group].topic.name),
+                partition: s.partition as i32,
+            })
+            .collect();
+        owned.sort();
+        self.stats.assignment.send_if_modified(|current| {
+            let changed = *current != owned;
+            if changed {
+                *current = owned;
+            }
+            changed
+        });
     }
 
     fn count_stale(&self, receipt: &Receipt, what: &str) {
@@ -242,6 +272,7 @@ impl MemoryConsumer {
                 slots: Vec::new(),
                 synced: vec![u64::MAX; groups.len()],
                 closed: false,
+                reassigned: false,
             }),
             groups,
             notify,
@@ -272,6 +303,7 @@ impl MemoryConsumer {
                 }
                 self.member.sync(&mut st, now);
                 let deadline = self.member.release_drained(&mut st, now);
+                self.member.report_assignment(&mut st);
                 self.rotate = self.rotate.wrapping_add(1);
                 self.member.fetch(&mut st, out, self.batch, self.rotate);
                 deadline
@@ -313,6 +345,8 @@ impl Consumer for MemoryConsumer {
                     member.groups[slot.group].commit(slot.partition, slot.tracker.commit_point());
                 }
                 st.closed = true;
+                st.reassigned = true;
+                member.report_assignment(&mut st);
             }
             for group in &member.groups {
                 group.leave(member.id);

@@ -249,3 +249,120 @@ impl Backend for MemoryBackend {
         Box::pin(std::future::ready(Ok(self.broker.append(message))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Delivery;
+    use crate::observe::SubscriptionStats;
+    use std::time::Duration;
+
+    fn config(group: &str, drain_timeout: Duration) -> ConsumerConfig {
+        ConsumerConfig {
+            group: group.into(),
+            topics: vec!["t".into()],
+            batch: 64,
+            drain_timeout,
+            stats: Arc::new(SubscriptionStats::default()),
+        }
+    }
+
+    fn publish_one_per_partition(backend: &MemoryBackend) {
+        for _ in 0..4 {
+            backend.broker().append(Message::new("t", "x"));
+        }
+    }
+
+    fn partitions(deliveries: &[Delivery]) -> Vec<i32> {
+        let mut p: Vec<i32> = deliveries
+            .iter()
+            .filter_map(|d| d.message.origin().partition)
+            .collect();
+        p.sort();
+        p
+    }
+
+    #[tokio::test]
+    async fn a_stale_ack_after_a_rebalance_commits_nothing() {
+        let url = BrokerUrl::parse("memory://unit-stale-ack").unwrap();
+        let backend = MemoryBackend::connect(&url).unwrap();
+        // No drain time: partitions are handed over with their work still in flight.
+        let first = config("g", Duration::ZERO);
+        let first_stats = Arc::clone(&first.stats);
+        let mut one = backend.consume(first).await.unwrap();
+        publish_one_per_partition(&backend);
+        let mut old = Vec::new();
+        one.poll(&mut old).await.unwrap();
+        assert_eq!(partitions(&old), [0, 1, 2, 3]);
+
+        let mut two = backend.consume(config("g", Duration::ZERO)).await.unwrap();
+        publish_one_per_partition(&backend);
+        let mut fresh = Vec::new();
+        one.poll(&mut fresh).await.unwrap();
+        assert_eq!(
+            partitions(&fresh),
+            [0, 2],
+            "partitions 1 and 3 went to the new member"
+        );
+
+        let settler = one.settler();
+        for d in &old {
+            settler.ack(&d.receipt);
+        }
+        assert_eq!(
+            first_stats.stale_settlements.load(Ordering::Relaxed),
+            2,
+            "the acks of partitions 1 and 3 are stale"
+        );
+        assert_eq!(backend.broker().committed("g", "t"), [1, 0, 1, 0]);
+
+        let mut taken_over = Vec::new();
+        two.poll(&mut taken_over).await.unwrap();
+        let offsets: Vec<(i32, i64)> = taken_over
+            .iter()
+            .map(|d| {
+                (
+                    d.message.origin().partition.unwrap(),
+                    d.message.origin().offset.unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(offsets.len(), 4);
+        for p in [1, 3] {
+            assert!(
+                offsets.contains(&(p, 0)) && offsets.contains(&(p, 1)),
+                "{offsets:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nack_rewinds_to_the_first_unfinished_offset() {
+        let url = BrokerUrl::parse("memory://unit-nack?partitions=1").unwrap();
+        let backend = MemoryBackend::connect(&url).unwrap();
+        let mut one = backend.consume(config("g", Duration::ZERO)).await.unwrap();
+        for _ in 0..3 {
+            backend.broker().append(Message::new("t", "x"));
+        }
+        let mut first = Vec::new();
+        one.poll(&mut first).await.unwrap();
+        assert_eq!(first.len(), 3);
+        let settler = one.settler();
+        settler.ack(&first[0].receipt);
+        settler.nack(&first[1].receipt);
+        assert!(
+            !settler.is_current(&first[2].receipt),
+            "work read before the rewind is stale"
+        );
+        settler.ack(&first[2].receipt);
+        assert_eq!(backend.broker().committed("g", "t"), [1]);
+
+        let mut again = Vec::new();
+        one.poll(&mut again).await.unwrap();
+        let offsets: Vec<i64> = again
+            .iter()
+            .map(|d| d.message.origin().offset.unwrap())
+            .collect();
+        assert_eq!(offsets, [1, 2]);
+    }
+}

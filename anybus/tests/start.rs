@@ -1,0 +1,170 @@
+//! What `App::connect` refuses, and how it says so, before anything is consumed.
+
+use anybus::{
+    App, ConnectError, DeadLetter, DedupKey, HandlerError, Ordering, RetrySpec, StartError, State,
+    Subscription,
+};
+
+async fn ok(_: String) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+fn refusal(result: Result<App, StartError>) -> StartError {
+    match result {
+        Ok(_) => panic!("the app started"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn kafka_url_without_the_feature_names_the_feature() {
+    let err = refusal(App::builder().connect("kafka://127.0.0.1:9092").await);
+    assert!(
+        matches!(
+            err,
+            StartError::Connect(ConnectError::FeatureDisabled {
+                feature: "kafka",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("`kafka` cargo feature"), "{err}");
+}
+
+#[tokio::test]
+async fn amqp_url_without_the_feature_names_the_feature_and_hides_the_password() {
+    let err = refusal(
+        App::builder()
+            .connect("amqp://app:hunter2@127.0.0.1:5672/%2f")
+            .await,
+    );
+    assert!(
+        err.to_string().contains("`rabbitmq` cargo feature"),
+        "{err}"
+    );
+    assert!(!format!("{err} {err:?}").contains("hunter2"));
+}
+
+#[tokio::test]
+async fn unknown_scheme_lists_the_supported_ones_without_the_password() {
+    let err = refusal(
+        App::builder()
+            .connect("nats://u:hunter2@localhost:4222")
+            .await,
+    );
+    let text = err.to_string();
+    assert!(text.contains("`nats`") && text.contains("memory://") && text.contains("amqp://"));
+    assert!(!format!("{text} {err:?}").contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn malformed_urls_say_what_is_wrong() {
+    let err = refusal(App::builder().connect("localhost:9092").await);
+    assert!(err.to_string().contains("expected `scheme://"), "{err}");
+    let err = refusal(App::builder().connect("memory://x?partitions=zero").await);
+    assert!(
+        err.to_string()
+            .contains("`partitions` must be a positive number"),
+        "{err}"
+    );
+    let err = refusal(App::builder().connect("memory://x?colour=blue").await);
+    assert!(
+        err.to_string().contains("unknown option `colour=blue`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn options_not_built_yet_are_refused_by_name() {
+    let cases: Vec<(Subscription, &str)> = vec![
+        (
+            Subscription::builder(["t"])
+                .ordering(Ordering::Key)
+                .handler(ok),
+            "ordering = \"key\"",
+        ),
+        (
+            Subscription::builder(["t"])
+                .retry(RetrySpec::default())
+                .handler(ok),
+            "retry",
+        ),
+        (
+            Subscription::builder(["t"])
+                .dead_letter(DeadLetter::Topic("t.dlq".into()))
+                .handler(ok),
+            "dead_letter",
+        ),
+        (
+            Subscription::builder(["t"])
+                .dedup(DedupKey::MessageId)
+                .handler(ok),
+            "dedup",
+        ),
+    ];
+    for (subscription, option) in cases {
+        let err = refusal(
+            App::builder()
+                .subscribe(subscription)
+                .connect("memory://refusals")
+                .await,
+        );
+        assert!(
+            matches!(&err, StartError::Unsupported { option: o, .. } if *o == option),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(option), "{err}");
+    }
+    assert!(
+        anybus::backend::memory::MemoryBroker::named("refusals")
+            .messages("t")
+            .is_empty(),
+        "nothing was declared or consumed"
+    );
+}
+
+#[tokio::test]
+async fn a_handler_taking_unregistered_state_is_refused() {
+    struct Db;
+    async fn needs_db(_: String, _db: State<Db>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    let err = refusal(
+        App::builder()
+            .subscribe(
+                Subscription::builder(["t"])
+                    .name("needs_db")
+                    .handler(needs_db),
+            )
+            .connect("memory://state")
+            .await,
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("needs_db") && text.contains("State<") && text.contains("Db"),
+        "{text}"
+    );
+
+    let app = App::builder()
+        .state(Db)
+        .subscribe(Subscription::builder(["t"]).handler(needs_db))
+        .connect("memory://state")
+        .await
+        .expect("starts once the state is registered");
+    app.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn invalid_options_are_refused() {
+    let err = refusal(
+        App::builder()
+            .subscribe(Subscription::builder(["t"]).concurrency(0).handler(ok))
+            .connect("memory://invalid")
+            .await,
+    );
+    assert!(
+        err.to_string().contains("concurrency must be at least 1"),
+        "{err}"
+    );
+}
