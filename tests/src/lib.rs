@@ -23,6 +23,9 @@ pub struct Env {
     pub url: String,
     /// Partitions to create topics with.
     pub partitions: u32,
+    /// Whether a topic's partitions are split between the members of a group (Kafka, memory),
+    /// or the members share one queue (RabbitMQ).
+    pub partitioned: bool,
 }
 
 impl Env {
@@ -31,6 +34,47 @@ impl Env {
         Self {
             url: format!("memory://conformance-{}", MessageId::new()),
             partitions: 4,
+            partitioned: true,
+        }
+    }
+
+    /// The Kafka broker of `ANYBUS_KAFKA_URL`, by default the one `tests/brokers.sh up kafka`
+    /// starts.
+    pub fn kafka() -> Self {
+        Self {
+            url: std::env::var("ANYBUS_KAFKA_URL")
+                .unwrap_or_else(|_| "kafka://127.0.0.1:9092".into()),
+            partitions: 4,
+            partitioned: true,
+        }
+    }
+
+    /// The RabbitMQ broker of `ANYBUS_AMQP_URL`, by default the one
+    /// `tests/brokers.sh up rabbitmq` starts.
+    pub fn rabbitmq() -> Self {
+        Self {
+            url: std::env::var("ANYBUS_AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            partitions: 1,
+            partitioned: false,
+        }
+    }
+
+    /// How many partitions (queues) each of two members of one group owns once they settled.
+    pub fn half_assignment(&self) -> usize {
+        if self.partitioned {
+            self.partitions as usize / 2
+        } else {
+            1
+        }
+    }
+
+    /// How many partitions (queues) the only member of a group owns.
+    pub fn full_assignment(&self) -> usize {
+        if self.partitioned {
+            self.partitions as usize
+        } else {
+            1
         }
     }
 
@@ -47,7 +91,12 @@ impl Env {
             .drain_timeout(Duration::from_secs(10))
             .connect(&self.url)
             .await
-            .unwrap_or_else(|e| panic!("cannot start an app on {}: {e}", self.url))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start an app on {}: {e}\n(is the broker up? `tests/brokers.sh up` starts the test brokers)",
+                    self.url
+                )
+            })
     }
 }
 
@@ -224,7 +273,7 @@ pub async fn members_of_a_group_split_the_messages(env: &Env) {
     };
     let one = env.start(vec![member(tx.clone(), 1)]).await;
     let two = env.start(vec![member(tx, 2)]).await;
-    let half = |n: usize| n == env.partitions as usize / 2;
+    let half = |n: usize| n == env.half_assignment();
     wait_assignment(&one, "member", "member one", half).await;
     wait_assignment(&two, "member", "member two", half).await;
 
@@ -545,7 +594,7 @@ pub async fn member_leaving_mid_stream_loses_nothing(env: &Env) {
     }
     assert_eq!(handled, sent);
     wait_assignment(&staying, "member", "the staying member", |n| {
-        n == env.partitions as usize
+        n == env.full_assignment()
     })
     .await;
     staying.shutdown().await.expect("shutdown");
