@@ -402,10 +402,15 @@ impl Args {
             }
         }
         if args.topics.is_empty() && !seen.iter().any(|k| k == "topic") {
-            errors.push(syn::Error::new(
-                span,
-                "`#[subscriber]` needs a topic: `#[subscriber(topic = \"orders.created\")]`",
-            ));
+            let message =
+                "`#[subscriber]` needs a topic: `#[subscriber(topic = \"orders.created\")]`";
+            // Underline every argument: `span` would be only the first one, and reads as if that
+            // argument were the mistake.
+            errors.push(if metas.is_empty() {
+                syn::Error::new(span, message)
+            } else {
+                syn::Error::new_spanned(&metas, message)
+            });
         }
         errors.finish()?;
         Ok(args)

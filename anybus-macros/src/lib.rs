@@ -8,10 +8,9 @@
 mod args;
 
 use proc_macro::TokenStream;
-use proc_macro2::TokenStream as Tokens;
-use quote::{quote, quote_spanned};
+use proc_macro2::{Span, TokenStream as Tokens};
+use quote::{format_ident, quote, quote_spanned};
 use syn::punctuated::Punctuated;
-use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, Meta, ReturnType, Token};
 
 use crate::args::{Args, DeadLetter, Dedup, Errors};
@@ -79,6 +78,30 @@ fn check_signature(f: &ItemFn) -> syn::Result<()> {
             "a subscriber is a free function, not a method",
         ));
     }
+    for arg in &sig.inputs {
+        if let FnArg::Typed(arg) = arg {
+            if let Some(apit) = impl_trait(&arg.ty) {
+                errors.push(syn::Error::new_spanned(
+                    apit,
+                    "a subscriber cannot be generic: name the payload or extractor type instead of `impl Trait`",
+                ));
+            }
+        }
+    }
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if let Some(rpit) = impl_trait(ty) {
+            errors.push(syn::Error::new_spanned(
+                rpit,
+                "name the return type of a subscriber instead of using `impl Trait`",
+            ));
+        }
+    }
+    if let Some(extra) = sig.inputs.iter().nth(MAX_EXTRACTORS + 1) {
+        errors.push(syn::Error::new_spanned(
+            extra,
+            format!("a subscriber takes at most {MAX_EXTRACTORS} extractors after the payload"),
+        ));
+    }
     if sig.inputs.is_empty() {
         errors.push(syn::Error::new(
             sig.paren_token.span.join(),
@@ -86,6 +109,39 @@ fn check_signature(f: &ItemFn) -> syn::Result<()> {
         ));
     }
     errors.finish()
+}
+
+/// As many extractors as `anybus::handler::IntoHandler` is implemented for.
+const MAX_EXTRACTORS: usize = 6;
+
+/// The first `impl Trait` in `ty`, which would make the handler generic.
+fn impl_trait(ty: &syn::Type) -> Option<&syn::TypeImplTrait> {
+    use syn::{GenericArgument, PathArguments, Type};
+    match ty {
+        Type::ImplTrait(t) => Some(t),
+        Type::Array(t) => impl_trait(&t.elem),
+        Type::Group(t) => impl_trait(&t.elem),
+        Type::Paren(t) => impl_trait(&t.elem),
+        Type::Ptr(t) => impl_trait(&t.elem),
+        Type::Reference(t) => impl_trait(&t.elem),
+        Type::Slice(t) => impl_trait(&t.elem),
+        Type::Tuple(t) => t.elems.iter().find_map(impl_trait),
+        Type::Path(t) => t
+            .qself
+            .iter()
+            .map(|q| &*q.ty)
+            .find_map(impl_trait)
+            .or_else(|| {
+                t.path.segments.iter().find_map(|s| match &s.arguments {
+                    PathArguments::AngleBracketed(a) => a.args.iter().find_map(|a| match a {
+                        GenericArgument::Type(t) => impl_trait(t),
+                        _ => None,
+                    }),
+                    _ => None,
+                })
+            }),
+        _ => None,
+    }
 }
 
 fn expand(args: &Args, f: &ItemFn) -> Tokens {
@@ -106,25 +162,21 @@ fn expand(args: &Args, f: &ItemFn) -> Tokens {
             FnArg::Receiver(_) => None,
         })
         .collect();
-    let mut checks = Tokens::new();
-    if let Some((payload, extractors)) = types.split_first() {
-        checks.extend(quote_spanned! {payload.span()=>
-            ::anybus::handler::assert::payload::<#codec, #payload>();
-        });
-        for x in extractors {
-            checks.extend(quote_spanned! {x.span()=>
-                ::anybus::handler::assert::extractor::<#x>();
-            });
-        }
-    }
-    checks.extend(match &f.sig.output {
-        ReturnType::Type(_, ty) => quote_spanned! {ty.span()=>
-            ::anybus::handler::assert::outcome::<#ty>();
-        },
-        ReturnType::Default => quote_spanned! {f.sig.ident.span()=>
-            ::anybus::handler::assert::outcome::<()>();
-        },
-    });
+    let (payload, extractors) = types
+        .split_first()
+        .expect("check_signature rejects a handler without arguments");
+    let xs: Vec<syn::Ident> = (1..=extractors.len())
+        .map(|i| format_ident!("X{i}"))
+        .collect();
+    let output = match &f.sig.output {
+        ReturnType::Type(_, ty) => quote!(#ty),
+        // `()`, spanned so that the error points at the name of the function.
+        ReturnType::Default => quote_spanned!(f.sig.ident.span()=> ()),
+    };
+    // The future, spanned so that "future cannot be sent between threads safely" points at
+    // the name of the function.
+    let future = quote_spanned!(f.sig.ident.span()=> _);
+    let handler = syn::Ident::new("handler", Span::mixed_site());
 
     let topics = &args.topics;
     let mut options = Tokens::new();
@@ -214,12 +266,38 @@ fn expand(args: &Args, f: &ItemFn) -> Tokens {
             /// this handler.
             #[allow(dead_code)]
             #vis fn subscription() -> ::anybus::Subscription {
-                #checks
-                ::anybus::Subscription::builder([#(#topics),*])
-                    .name(#name_str)
-                    .codec::<#codec>()
-                    #options
-                    .handler(#name)
+                // Named out here, where the helper below cannot shadow it; `#handler` has
+                // mixed-site hygiene, so it cannot shadow the user's names either.
+                let #handler = #name;
+                {
+                    // The handler goes through a function whose bounds are the requirements on
+                    // each of its types, given in the turbofish with the user's spans: an unmet
+                    // one is reported once, on the type at fault, with the trait's own message
+                    // (rather than as a function that does not implement `IntoHandler`).
+                    fn subscriber<F, Fut, P, #(#xs,)* O>(
+                        builder: ::anybus::SubscriptionBuilder<#codec>,
+                        handler: F,
+                    ) -> ::anybus::Subscription
+                    where
+                        F: ::core::ops::Fn(P, #(#xs),*) -> Fut
+                            + ::core::marker::Send
+                            + ::core::marker::Sync
+                            + 'static,
+                        Fut: ::core::future::Future<Output = O> + ::core::marker::Send + 'static,
+                        P: ::anybus::handler::Payload<#codec>,
+                        #(#xs: ::anybus::handler::FromContext,)*
+                        O: ::anybus::handler::IntoOutcome,
+                    {
+                        builder.handler(handler)
+                    }
+                    subscriber::<_, #future, #payload, #(#extractors,)* #output>(
+                        ::anybus::Subscription::builder([#(#topics),*])
+                            .name(#name_str)
+                            .codec::<#codec>()
+                            #options,
+                        #handler,
+                    )
+                }
             }
         }
     }

@@ -222,14 +222,3 @@ impl_handler!(X1, X2, X3);
 impl_handler!(X1, X2, X3, X4);
 impl_handler!(X1, X2, X3, X4, X5);
 impl_handler!(X1, X2, X3, X4, X5, X6);
-
-/// Compile-time checks the `#[subscriber]` macro places on each argument, spanned so that an
-/// error points at the offending type. Not for direct use.
-#[doc(hidden)]
-pub mod assert {
-    use super::*;
-
-    pub fn payload<C: Codec, P: Payload<C>>() {}
-    pub fn extractor<X: FromContext>() {}
-    pub fn outcome<O: IntoOutcome>() {}
-}

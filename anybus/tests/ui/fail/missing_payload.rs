@@ -1,0 +1,8 @@
+use anybus::HandlerError;
+
+#[anybus::subscriber(topic = "orders")]
+async fn on_tick() -> Result<(), HandlerError> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[anybus::subscriber(topic = "orders")]
+async fn on_order(order: String) {
+    let _ = order;
+}
+
+fn main() {}
