@@ -1,1 +1,209 @@
-//! Services of the two seed flows.
+//! The two seed flows of anybus, as a shop would write them.
+//!
+//! - **User registration** ([`users`]): a `users.register` request is answered with the new
+//!   user id; the `UserRegistered` event then has the mail service send a welcome mail and the
+//!   recommendation service build a profile.
+//! - **Orders** ([`orders`]): an `orders.place` request is answered with the order id;
+//!   `OrderCreated` has the inventory reserve stock, the payment service take the payment and
+//!   shipping arrange the delivery. A declined payment emits `PaymentFailed`, and the inventory
+//!   releases the stock again (the compensating step).
+//!
+//! Each service is a handful of `#[anybus::subscriber]` functions with its own consumer group
+//! and its own in-memory store, taken as [`anybus::State`]. Nothing in a handler names a
+//! broker: [`services`] lists the subscriptions and [`app`] wires them with the stores, and the
+//! broker is whatever URL the app connects to. Every handler is idempotent: it keeps its
+//! decision per user or order id, so a redelivered event changes nothing twice (the runtime
+//! delivers at least once).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use anybus_examples::{app, orders::inventory::Inventory, scenario, Stores};
+//!
+//! let stores = Stores::new(Inventory::with_stock(scenario::STOCK.iter().copied()));
+//! let app = app(&stores).connect("memory://").await?;
+//! let run = scenario::start(&app.publisher(), std::time::Duration::from_secs(10)).await?;
+//! scenario::finish(&run, &stores.story, std::time::Duration::from_secs(30)).await?;
+//! for line in run.report(&stores.story) {
+//!     println!("{line}");
+//! }
+//! app.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `cargo run -p anybus-examples --bin flows` runs exactly that and prints the story; set
+//! `ANYBUS_URL` for another broker.
+
+#![warn(missing_docs)]
+
+pub mod events;
+pub mod orders;
+pub mod scenario;
+pub mod story;
+pub mod users;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use anybus::{App, AppBuilder, Subscription};
+
+pub use crate::story::{Entry, Step, Story};
+
+use crate::orders::checkout::OrderBook;
+use crate::orders::inventory::Inventory;
+use crate::orders::payment::Payments;
+use crate::orders::shipping::Shipments;
+use crate::users::accounts::Accounts;
+use crate::users::mail::Mailbox;
+use crate::users::recommendations::Profiles;
+
+/// The subscriptions of every service of both flows.
+pub fn services() -> Vec<Subscription> {
+    let mut all = users::services();
+    all.extend(orders::services());
+    all
+}
+
+/// The in-memory stores of every service, and the story they write. Each field is a cheap
+/// handle: clone the struct, register it with [`Stores::register`], and keep a clone to look
+/// at the stores while (and after) the app runs.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    /// What happened, per user and order.
+    pub story: Story,
+    /// The account service's accounts.
+    pub accounts: Accounts,
+    /// The mail service's sent mail.
+    pub mailbox: Mailbox,
+    /// The recommendation service's profiles.
+    pub profiles: Profiles,
+    /// The order service's orders.
+    pub orders: OrderBook,
+    /// The inventory's stock levels and reservations.
+    pub inventory: Inventory,
+    /// The payment service's charges.
+    pub payments: Payments,
+    /// Shipping's parcels.
+    pub shipments: Shipments,
+}
+
+impl Stores {
+    /// Empty stores, with `inventory` on the shelf.
+    pub fn new(inventory: Inventory) -> Self {
+        Self {
+            story: Story::default(),
+            accounts: Accounts::default(),
+            mailbox: Mailbox::default(),
+            profiles: Profiles::default(),
+            orders: OrderBook::default(),
+            inventory,
+            payments: Payments::default(),
+            shipments: Shipments::default(),
+        }
+    }
+
+    /// Registers every store as app state, for the handlers' `State<…>` arguments.
+    pub fn register(&self, builder: AppBuilder) -> AppBuilder {
+        builder
+            .state(self.story.clone())
+            .state(self.accounts.clone())
+            .state(self.mailbox.clone())
+            .state(self.profiles.clone())
+            .state(self.orders.clone())
+            .state(self.inventory.clone())
+            .state(self.payments.clone())
+            .state(self.shipments.clone())
+    }
+}
+
+/// An app builder with every service of both flows and their stores: add options if you like,
+/// then `.connect(url)`.
+pub fn app(stores: &Stores) -> AppBuilder {
+    services()
+        .into_iter()
+        .fold(stores.register(App::builder()), AppBuilder::subscribe)
+}
+
+/// Locks a store; a handler that panicked while holding the lock left it consistent (every
+/// store changes in one step), so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod testing {
+    use anybus::backend::memory::MemoryBroker;
+    use anybus::{App, Codec, Json, Publisher};
+    use serde::de::DeserializeOwned;
+
+    /// An app without subscriptions on its own memory broker: a real [`Publisher`] for calling
+    /// handlers directly, and a look at what they published.
+    pub(crate) struct Bus {
+        name: String,
+        app: App,
+    }
+
+    impl Bus {
+        pub(crate) async fn start(name: &str) -> Self {
+            let app = App::builder()
+                .connect(&format!("memory://{name}"))
+                .await
+                .expect("the memory broker starts");
+            Self {
+                name: name.to_owned(),
+                app,
+            }
+        }
+
+        pub(crate) fn publisher(&self) -> Publisher {
+            self.app.publisher()
+        }
+
+        /// Every event published to `topic`, decoded.
+        pub(crate) fn events<T: DeserializeOwned>(&self, topic: &str) -> Vec<T> {
+            MemoryBroker::named(&self.name)
+                .messages(topic)
+                .iter()
+                .map(|m| Json::decode(m.payload()).expect("the event decodes"))
+                .collect()
+        }
+
+        pub(crate) async fn stop(self) {
+            self.app.shutdown().await.expect("the app shuts down");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::events::topics;
+
+    #[test]
+    fn handlers_consume_the_topics_the_publishers_use() {
+        let topic_of = |name: &str| {
+            let all = services();
+            let sub = all
+                .iter()
+                .find(|s| s.spec().name == name)
+                .unwrap_or_else(|| panic!("no subscription {name}"));
+            sub.spec().topics.clone()
+        };
+        assert_eq!(topic_of("register"), [topics::REGISTER_USER]);
+        assert_eq!(topic_of("send_welcome_mail"), [topics::USER_REGISTERED]);
+        assert_eq!(topic_of("build_profile"), [topics::USER_REGISTERED]);
+        assert_eq!(topic_of("place_order"), [topics::PLACE_ORDER]);
+        assert_eq!(topic_of("reserve_stock"), [topics::ORDER_CREATED]);
+        assert_eq!(topic_of("take_payment"), [topics::STOCK_RESERVED]);
+        assert_eq!(topic_of("arrange_shipping"), [topics::PAYMENT_TAKEN]);
+        assert_eq!(topic_of("release_stock"), [topics::PAYMENT_FAILED]);
+    }
+
+    #[test]
+    fn every_service_has_its_own_group() {
+        let all = services();
+        let groups: HashSet<&str> = all.iter().map(|s| s.spec().group.as_str()).collect();
+        assert_eq!(groups.len(), all.len(), "{groups:?}");
+    }
+}
