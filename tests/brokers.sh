@@ -56,6 +56,12 @@ up_kafka() {
         cargo install --locked --quiet tansu --version "$TANSU_VERSION" \
             --features dynostore,libsql --root "$CACHE/tansu"
     fi
+    # Another Kafka client for the interop test (Debian's kcat is too old for Tansu).
+    if ! "$CACHE/venv/bin/python" -c 'import confluent_kafka' 2>/dev/null; then
+        log "installing the Python Kafka client into $CACHE/venv"
+        python3 -m venv "$CACHE/venv"
+        "$CACHE/venv/bin/pip" install --quiet confluent-kafka==2.16.1
+    fi
     answers $KAFKA_PORT && { log "kafka already answers on $KAFKA_PORT"; return 0; }
     local dir="$RUN/tansu"
     rm -rf "$dir" && mkdir -p "$dir"

@@ -150,6 +150,8 @@ pub struct Origin {
     pub offset: Option<i64>,
     /// The RabbitMQ delivery tag, on RabbitMQ.
     pub delivery_tag: Option<u64>,
+    /// When the broker says the message was created, in milliseconds since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Origin {
@@ -160,6 +162,7 @@ impl Origin {
             partition: None,
             offset: None,
             delivery_tag: None,
+            timestamp_ms: None,
         }
     }
 }
@@ -208,6 +211,23 @@ impl Message {
             headers: Headers::new(),
             payload: payload.into(),
             origin: Origin::topic(topic),
+        }
+    }
+
+    /// A message as a backend received it: every part given, nothing generated.
+    pub fn from_parts(
+        id: MessageId,
+        key: Option<Bytes>,
+        headers: Headers,
+        payload: Bytes,
+        origin: Origin,
+    ) -> Self {
+        Self {
+            id,
+            key,
+            headers,
+            payload,
+            origin,
         }
     }
 

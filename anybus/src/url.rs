@@ -126,8 +126,34 @@ impl fmt::Debug for BrokerUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host…` with `***`.
+/// Replaces the password of `scheme://user:password@host…` with `***`, and the value of any
+/// query option whose name mentions a password or secret (`?sasl.password=…`).
 pub fn redact(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if is_secret(k) => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret")
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(start) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
@@ -154,6 +180,10 @@ mod tests {
         assert_eq!(redact("kafka://h:1,h2:2"), "kafka://h:1,h2:2");
         assert_eq!(redact("redis://:pw@h/0"), "redis://:***@h/0");
         assert_eq!(redact("amqp://u:p@ss@h/v"), "amqp://u:***@h/v");
+        assert_eq!(
+            redact("kafka://h:1?sasl.password=pw&fetch.wait.max.ms=10"),
+            "kafka://h:1?sasl.password=***&fetch.wait.max.ms=10"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! dropped and counted, never applied, and [`Settler::is_current`] lets the runtime skip work
 //! that is no longer its own.
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 pub mod offsets;
 
@@ -180,6 +182,9 @@ pub trait Settler: Send + Sync {
 pub(crate) async fn connect(url: &BrokerUrl) -> Result<Arc<dyn Backend>, ConnectError> {
     match url.scheme() {
         "memory" => Ok(Arc::new(memory::MemoryBackend::connect(url)?)),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Arc::new(kafka::KafkaBackend::connect(url).await?)),
+        #[cfg(not(feature = "kafka"))]
         "kafka" => Err(ConnectError::FeatureDisabled {
             scheme: url.scheme().to_owned(),
             feature: "kafka",

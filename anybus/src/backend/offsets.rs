@@ -78,6 +78,11 @@ impl OffsetTracker {
         self.pending.front().map_or(self.next, |&(o, _)| o)
     }
 
+    /// One past the last offset handed out (the start offset before any).
+    pub fn next(&self) -> i64 {
+        self.next
+    }
+
     /// How many handed-out offsets are not finished.
     pub fn in_flight(&self) -> usize {
         self.in_flight

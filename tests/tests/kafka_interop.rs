@@ -1,0 +1,118 @@
+//! Interop with another Kafka client: Confluent's Python client, which `tests/brokers.sh up
+//! kafka` installs into a virtualenv. (Debian's kcat is too old to talk to Tansu, see
+//! KAFKA_BROKER.md.)
+#![cfg(feature = "kafka")]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anybus::{HandlerError, Headers, Message};
+use anybus_conformance::kafka::bootstrap;
+use anybus_conformance::{Env, Inbox};
+use bytes::Bytes;
+
+fn python() -> PathBuf {
+    let cache = std::env::var("ANYBUS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/anybus")
+        });
+    let python = cache.join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: `tests/brokers.sh up kafka` installs the Python Kafka client",
+        python.display()
+    );
+    python
+}
+
+fn peer(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/kafka_peer.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run the Python client");
+    assert!(
+        out.status.success(),
+        "the Python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_another_client_arrives_with_key_and_headers() {
+    let env = Env::kafka();
+    let topic = env.unique("from-python");
+    let (tx, mut inbox) = Inbox::new();
+    let app = env
+        .start(vec![anybus::Subscription::builder([&topic])
+            .group(env.unique("g"))
+            .handler(move |m: Message| {
+                let _ = tx.send(m);
+                std::future::ready(Ok::<(), HandlerError>(()))
+            })])
+        .await;
+    let bootstrap = bootstrap(&env);
+    let trace = format!("trace={}", hex(b"abc"));
+    let binary = format!("bin={}", hex(&[0, 255, 7]));
+    peer(&[
+        "produce",
+        &bootstrap,
+        &topic,
+        "user-42",
+        r#"{"n":1}"#,
+        &trace,
+        &binary,
+    ]);
+
+    let got = inbox.next("the message from Python").await;
+    assert_eq!(got.key().map(|k| &k[..]), Some(&b"user-42"[..]));
+    assert_eq!(&got.payload()[..], br#"{"n":1}"#);
+    let headers: Vec<(&str, &[u8])> = got.headers().iter().map(|(n, v)| (n, &v[..])).collect();
+    assert_eq!(headers, [("trace", &b"abc"[..]), ("bin", &[0, 255, 7][..])]);
+    app.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_anybus_is_read_by_another_client() {
+    let env = Env::kafka();
+    let topic = env.unique("to-python");
+    let app = env.start(vec![]).await;
+    let mut headers = Headers::new();
+    headers.append("trace", Bytes::from_static(b"xyz"));
+    let message = Message::new(topic.as_str(), r#"{"n":2}"#)
+        .with_key("order-7")
+        .with_headers(headers);
+    let id = message.id();
+    app.publisher().send(message).await.expect("publish");
+
+    let line = peer(&[
+        "consume",
+        &bootstrap(&env),
+        &topic,
+        &env.unique("python"),
+        "1",
+    ]);
+    let got: serde_json::Value = serde_json::from_str(line.trim()).expect("json");
+    assert_eq!(got["key"], hex(b"order-7"));
+    assert_eq!(got["value"], hex(br#"{"n":2}"#));
+    let headers = got["headers"].as_array().expect("headers");
+    assert!(
+        headers.contains(&serde_json::json!(["trace", hex(b"xyz")])),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&serde_json::json!([
+            "anybus-message-id",
+            hex(id.to_string().as_bytes())
+        ])),
+        "{headers:?}"
+    );
+    app.shutdown().await.expect("shutdown");
+}

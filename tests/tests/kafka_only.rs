@@ -1,0 +1,245 @@
+//! What only Kafka has: committed offsets that other clients can read, crashes of a member
+//! process, and rebalances driven by the broker's group protocol.
+#![cfg(feature = "kafka")]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anybus::{App, Context, HandlerError, Message, MessageId, Ordering, Subscription};
+use anybus_conformance::kafka::{committed, wait_committed};
+use anybus_conformance::{Env, Inbox, PATIENCE};
+use tokio::sync::Semaphore;
+
+async fn publish(app: &App, topic: &str, n: usize) -> Vec<MessageId> {
+    let publisher = app.publisher();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let m = Message::new(topic, i.to_string());
+        ids.push(m.id());
+        publisher.send(m).await.expect("publish");
+    }
+    ids
+}
+
+fn one_partition(env: &Env, topic: &str, group: &str) -> anybus::SubscriptionBuilder {
+    let _ = env;
+    Subscription::builder([topic]).group(group).partitions(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_never_pass_an_unfinished_offset() {
+    let env = Env::kafka();
+    let (topic, group) = (env.unique("out-of-order"), env.unique("g"));
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut done) = Inbox::new();
+    let held = Arc::clone(&gate);
+    let app = env
+        .start(vec![one_partition(&env, &topic, &group)
+            .ordering(Ordering::None)
+            .concurrency(8)
+            .handler(move |_: Message, ctx: Context| {
+                let (tx, held) = (tx.clone(), Arc::clone(&held));
+                async move {
+                    if ctx.offset() == Some(5) {
+                        let _ = held.acquire().await;
+                    }
+                    let _ = tx.send(ctx.offset().unwrap_or(-1));
+                    Ok::<(), HandlerError>(())
+                }
+            })])
+        .await;
+    publish(&app, &topic, 20).await;
+    let finished: BTreeSet<i64> = done
+        .take(19, "all but offset 5")
+        .await
+        .into_iter()
+        .collect();
+    assert!(!finished.contains(&5));
+    wait_committed(&env, &group, &topic, &[5]).await;
+    // A bound for asserting that nothing moves the commit past 5 while it is unfinished: a
+    // dozen commit intervals.
+    let until = tokio::time::Instant::now() + Duration::from_millis(600);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(committed(&env, &group, &topic, 1).await, [5]);
+    }
+    gate.close();
+    assert_eq!(done.next("offset 5").await, 5);
+    wait_committed(&env, &group, &topic, &[20]).await;
+    app.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_commit_redelivers_exactly_the_uncommitted_tail() {
+    let env = Env::kafka();
+    let (topic, group) = (env.unique("crash"), env.unique("g"));
+    let producer = env.start(vec![]).await;
+    // The topic must exist with one partition before the member subscribes.
+    let (tx, mut seen) = Inbox::new();
+    let probe = env
+        .start(vec![one_partition(&env, &topic, &env.unique("probe"))
+            .handler(move |_: Message| {
+                let _ = tx.send(());
+                std::future::ready(Ok::<(), HandlerError>(()))
+            })])
+        .await;
+    publish(&producer, &topic, 50).await;
+    seen.take(50, "the probe reads the topic").await;
+    probe.shutdown().await.expect("probe shutdown");
+
+    // A short session, so that the broker notices the killed member quickly.
+    let url = format!("{}&session.timeout.ms=6000", env.url);
+    let mut member = Command::new(env!("CARGO_BIN_EXE_kafka_crash_member"))
+        .args([&url, &topic, &group, "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the member process");
+    let stdout = member.stdout.take().expect("stdout");
+    let blocked = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.starts_with("blocked"))
+    });
+    let line = tokio::time::timeout(PATIENCE, blocked)
+        .await
+        .expect("the member reached offset 30 in time")
+        .expect("join");
+    assert_eq!(line.as_deref(), Some("blocked 30"));
+    wait_committed(&env, &group, &topic, &[30]).await;
+    member.kill().expect("SIGKILL the member");
+    member.wait().expect("reap the member");
+
+    let (tx, mut redelivered) = Inbox::new();
+    let survivor = env
+        .start(vec![one_partition(&env, &topic, &group).handler(
+            move |_: Message, ctx: Context| {
+                let _ = tx.send(ctx.offset().unwrap_or(-1));
+                std::future::ready(Ok::<(), HandlerError>(()))
+            },
+        )])
+        .await;
+    let offsets = redelivered.take(20, "the uncommitted tail").await;
+    assert_eq!(offsets, (30..50).collect::<Vec<i64>>());
+    wait_committed(&env, &group, &topic, &[50]).await;
+    survivor.shutdown().await.expect("shutdown");
+    producer.shutdown().await.expect("shutdown");
+    assert!(redelivered.drain_ready().is_empty(), "more than the tail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_ack_after_a_rebalance_commits_nothing() {
+    let env = Env::kafka();
+    let (topic, group) = (env.unique("stale"), env.unique("g"));
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started) = Inbox::new();
+    let (done_tx, mut done) = Inbox::new();
+    let held = Arc::clone(&gate);
+    let two_partitions = || {
+        Subscription::builder([topic.as_str()])
+            .group(&group)
+            .partitions(2)
+    };
+    let first = App::builder()
+        .subscribe(two_partitions().name("member").handler(move |m: Message| {
+            let (held, started_tx) = (Arc::clone(&held), started_tx.clone());
+            async move {
+                let _ = started_tx.send(m.origin().partition);
+                let _ = held.acquire().await;
+                Ok::<(), HandlerError>(())
+            }
+        }))
+        // The rebalance below waits this long for the blocked handlers, then hands over.
+        .drain_timeout(Duration::from_millis(300))
+        .connect(&env.url)
+        .await
+        .expect("first member");
+    // Keyed messages until both partitions have one; the first member blocks on the first
+    // message of each (one in flight per partition), the rest wait behind it.
+    let publisher = first.publisher();
+    let mut per_partition = [0i64; 2];
+    for key in 0.. {
+        let origin = publisher
+            .send(Message::new(topic.as_str(), "x").with_key(format!("k{key}")))
+            .await
+            .expect("publish");
+        per_partition[origin.partition.expect("a partition") as usize] += 1;
+        if per_partition.iter().all(|n| *n > 0) {
+            break;
+        }
+    }
+    let mut blocked: Vec<Option<i32>> = started.take(2, "the first member starts both").await;
+    blocked.sort();
+    assert_eq!(blocked, [Some(0), Some(1)]);
+
+    // Joining moves one partition (cooperative-sticky) to the second member, after the drain
+    // timeout, with the first member's handler still running.
+    let second = env
+        .start(vec![two_partitions().name("member").handler(
+            move |m: Message| {
+                let _ = done_tx.send(m.origin().partition);
+                std::future::ready(Ok::<(), HandlerError>(()))
+            },
+        )])
+        .await;
+    let moved = done
+        .next("the second member handles the moved partition")
+        .await
+        .expect("a partition") as usize;
+    for _ in 1..per_partition[moved] {
+        assert_eq!(
+            done.next("the rest of the moved partition").await,
+            Some(moved as i32)
+        );
+    }
+    // The kept partition's commit point is its blocked first offset, 0: committed, never passed.
+    let mut before = vec![0, 0];
+    before[moved] = per_partition[moved];
+    wait_committed(&env, &group, &topic, &before).await;
+
+    gate.close();
+    let stale = tokio::time::timeout(PATIENCE, async {
+        while first.stats()[0].stats.stale_settlements == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        stale.is_ok(),
+        "the late ack of the first member was not counted as stale"
+    );
+    // The first member's ack of the partition it kept counts; the other commits nothing.
+    wait_committed(&env, &group, &topic, &per_partition).await;
+    assert_eq!(first.stats()[0].stats.stale_settlements, 1);
+    first.shutdown().await.expect("shutdown");
+    second.shutdown().await.expect("shutdown");
+    assert!(
+        done.drain_ready().is_empty(),
+        "the second member handled more than the moved partition"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_bootstrap_server_fails_connect_in_bounded_time() {
+    let started = std::time::Instant::now();
+    let err = App::builder()
+        .connect("kafka://127.0.0.1:1")
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(
+        matches!(
+            err,
+            anybus::StartError::Connect(anybus::ConnectError::Unreachable { .. })
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+}
