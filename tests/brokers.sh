@@ -140,6 +140,8 @@ down() {
         kill -TERM "$(cat "$RUN/tansu/pid")" 2>/dev/null || true
         rm -f "$RUN/tansu/pid"
     fi
+    # Also one whose pid file is gone (an earlier run that was cut short).
+    pkill -TERM -f "$TANSU broker --listener-url tcp://127.0.0.1:$KAFKA_PORT" 2>/dev/null || true
     if [ -d "$RUN/rabbitmq" ]; then
         rabbit_env
         /usr/lib/rabbitmq/bin/rabbitmqctl -n $RABBIT_NODE -q stop >/dev/null 2>&1 || true

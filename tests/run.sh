@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/anybus/target}"
 
 trap 'tests/brokers.sh down' EXIT
-tests/brokers.sh up kafka
+tests/brokers.sh up kafka rabbitmq
 
+# Every test with every backend compiled in, against the brokers started above.
 cargo test --workspace --all-features
+# What a build without the broker features says when asked for a broker (a small build: the
+# runtime crate alone).
+cargo test -p anybus --test start

@@ -214,6 +214,7 @@ impl AppBuilder {
             stop: stop_tx,
             running,
             reply_task,
+            reply_topic,
         })
     }
 }
@@ -315,6 +316,7 @@ pub struct App {
     stop: watch::Sender<bool>,
     running: Vec<Running>,
     reply_task: JoinHandle<Result<(), BackendError>>,
+    reply_topic: String,
 }
 
 /// Asks a running app to shut down gracefully; cheap to clone.
@@ -337,6 +339,19 @@ pub struct SubscriptionReport {
     pub group: String,
     /// Its counters.
     pub stats: StatsSnapshot,
+}
+
+/// Whether one subscription is consuming, and what it owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionHealth {
+    /// The subscription's name.
+    pub name: String,
+    /// Its consumer group.
+    pub group: String,
+    /// Whether deliveries can arrive right now.
+    pub consuming: bool,
+    /// The partitions (RabbitMQ: queues, as partition 0) it owns.
+    pub assignment: Vec<TopicPartition>,
 }
 
 impl App {
@@ -373,6 +388,25 @@ impl App {
                 name: r.spec.name.clone(),
                 group: r.spec.group.clone(),
                 stats: r.stats.snapshot(),
+            })
+            .collect()
+    }
+
+    /// Whether each subscription can receive deliveries right now: its dispatch task runs and
+    /// its member owns at least one partition (Kafka, memory) or has its queue consumer open
+    /// (RabbitMQ). A member of a group with more members than partitions is idle, not
+    /// consuming.
+    pub fn health(&self) -> Vec<SubscriptionHealth> {
+        self.running
+            .iter()
+            .map(|r| {
+                let assignment = r.stats.assignment.borrow().clone();
+                SubscriptionHealth {
+                    name: r.spec.name.clone(),
+                    group: r.spec.group.clone(),
+                    consuming: !r.task.is_finished() && !assignment.is_empty(),
+                    assignment,
+                }
             })
             .collect()
     }
@@ -422,6 +456,11 @@ impl App {
                 subscription: "replies".into(),
                 source,
             });
+        }
+        // The reply topic belongs to this instance alone; on a broker that keeps topics, leaving
+        // it behind would leak one topic per app start.
+        if let Err(error) = self.backend.delete(&[self.reply_topic]).await {
+            tracing::warn!(%error, "could not delete the reply topic");
         }
         first_error.map_or(Ok(()), Err)
     }

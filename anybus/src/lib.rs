@@ -60,7 +60,9 @@ mod url;
 
 pub use anybus_macros::subscriber;
 
-pub use crate::app::{App, AppBuilder, RunError, ShutdownHandle, StartError, SubscriptionReport};
+pub use crate::app::{
+    App, AppBuilder, RunError, ShutdownHandle, StartError, SubscriptionHealth, SubscriptionReport,
+};
 pub use crate::codec::{Codec, DecodeError, EncodeError, Json, Raw};
 pub use crate::context::{Context, Key, State, StateMap};
 pub use crate::error::{FailureKind, HandlerError};

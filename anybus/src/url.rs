@@ -34,6 +34,28 @@ pub enum ConnectError {
         /// The feature to enable.
         feature: &'static str,
     },
+    /// The broker refused the user name or password.
+    #[error("cannot connect to {url}: authentication failed for user `{user}`: check the user name and password ({reason})")]
+    AuthenticationFailed {
+        /// The URL with any password replaced by `***`.
+        url: String,
+        /// The user that was refused.
+        user: String,
+        /// What the broker said, without the password.
+        reason: String,
+    },
+    /// The virtual host does not exist, or the user may not use it.
+    #[error("cannot connect to {url}: virtual host `{vhost}` does not exist or user `{user}` may not use it ({reason})")]
+    UnknownVhost {
+        /// The URL with any password replaced by `***`.
+        url: String,
+        /// The virtual host asked for.
+        vhost: String,
+        /// The user asking.
+        user: String,
+        /// What the broker said, without the password.
+        reason: String,
+    },
     /// The broker could not be reached or refused the connection.
     #[error("cannot connect to {url}: {reason}")]
     Unreachable {

@@ -100,7 +100,7 @@ impl Env {
             .unwrap_or_else(|e| {
                 panic!(
                     "cannot start an app on {}: {e}\n(is the broker up? `tests/brokers.sh up` starts the test brokers)",
-                    self.url
+                    anybus::BrokerUrl::parse(&self.url).map_or_else(|_| "?".into(), |u| u.to_string())
                 )
             })
     }
@@ -282,6 +282,10 @@ pub async fn members_of_a_group_split_the_messages(env: &Env) {
     let half = |n: usize| n == env.half_assignment();
     wait_assignment(&one, "member", "member one", half).await;
     wait_assignment(&two, "member", "member two", half).await;
+    for app in [&one, &two] {
+        let health = app.health();
+        assert!(health[0].consuming, "{health:?}");
+    }
 
     let sent: BTreeSet<MessageId> = publish_numbered(&one, &topic, 80, 16)
         .await

@@ -14,6 +14,8 @@
 pub mod kafka;
 pub mod memory;
 pub mod offsets;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,6 +150,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Publishes one message and resolves when the broker has confirmed it, with where it landed.
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<Origin, PublishError>>;
+
+    /// Deletes topics this app created for itself alone (its reply topic), when it shuts down.
+    /// Backends whose private destinations vanish on their own keep the default, which does
+    /// nothing.
+    fn delete<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), BackendError>> {
+        let _ = topics;
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// One member of a consumer group.
@@ -189,6 +199,9 @@ pub(crate) async fn connect(url: &BrokerUrl) -> Result<Arc<dyn Backend>, Connect
             scheme: url.scheme().to_owned(),
             feature: "kafka",
         }),
+        #[cfg(feature = "rabbitmq")]
+        "amqp" | "amqps" => Ok(Arc::new(rabbitmq::RabbitBackend::connect(url).await?)),
+        #[cfg(not(feature = "rabbitmq"))]
         "amqp" | "amqps" => Err(ConnectError::FeatureDisabled {
             scheme: url.scheme().to_owned(),
             feature: "rabbitmq",

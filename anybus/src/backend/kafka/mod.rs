@@ -265,4 +265,30 @@ impl Backend for KafkaBackend {
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<Origin, PublishError>> {
         Box::pin(self.send(message))
     }
+
+    fn delete<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let failed = |topic: &str, reason: String| BackendError::Declare {
+                topic: topic.to_owned(),
+                reason: format!("cannot delete: {reason}"),
+            };
+            let results = self
+                .admin
+                .delete_topics(&names, &options)
+                .await
+                .map_err(|e| failed(&names.join(", "), e.to_string()))?;
+            let mut declared = self.declared.lock().unwrap_or_else(PoisonError::into_inner);
+            for result in results {
+                match result {
+                    Ok(name) | Err((name, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                        declared.remove(&name);
+                    }
+                    Err((name, code)) => return Err(failed(&name, code.to_string())),
+                }
+            }
+            Ok(())
+        })
+    }
 }

@@ -1,0 +1,136 @@
+//! The conformance suite on RabbitMQ (`tests/brokers.sh up rabbitmq`), and the bad URLs only
+//! a real broker can refuse: each fails fast, names its cause, and never shows the password.
+//! Tests that drive the broker itself (killed connections, deleted queues) are in
+//! `rabbitmq_reconnect.rs`.
+#![cfg(feature = "rabbitmq")]
+
+use std::time::{Duration, Instant};
+
+use anybus::{App, ConnectError, MessageId, StartError};
+
+anybus_conformance::conformance_suite!(anybus_conformance::Env::rabbitmq());
+
+/// "Fails fast": well inside the 5 s connect timeout, which only an unanswered host waits for.
+const FAST: Duration = Duration::from_secs(3);
+
+/// The suite's broker URL with other credentials, virtual host or address.
+fn url_with(user_pass: Option<&str>, host_port: Option<&str>, vhost: Option<&str>) -> String {
+    let base = anybus_conformance::Env::rabbitmq().url;
+    let rest = base.strip_prefix("amqp://").expect("an amqp:// URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, "%2f"));
+    let (userinfo, address) = authority
+        .rsplit_once('@')
+        .unwrap_or(("guest:guest", authority));
+    format!(
+        "amqp://{}@{}/{}",
+        user_pass.unwrap_or(userinfo),
+        host_port.unwrap_or(address),
+        vhost.unwrap_or(path)
+    )
+}
+
+/// Connects, expecting a connect error; returns its text after checking that neither its
+/// `Display` nor its `Debug` shows `password`.
+async fn refused(url: &str, password: &str) -> (ConnectError, String, Duration) {
+    let started = Instant::now();
+    let outcome = App::builder().connect(url).await;
+    let took = started.elapsed();
+    let error = match outcome {
+        Ok(app) => {
+            let _ = app.shutdown().await;
+            panic!("connecting to {} succeeded", url.replace(password, "***"));
+        }
+        Err(error) => error,
+    };
+    let StartError::Connect(error) = error else {
+        panic!("expected a connect error, got {error:?}");
+    };
+    let (shown, debug) = (error.to_string(), format!("{error:?}"));
+    assert!(
+        !shown.contains(password),
+        "the password is in the error: {shown}"
+    );
+    assert!(
+        !debug.contains(password),
+        "the password is in its Debug: {debug}"
+    );
+    (error, shown, took)
+}
+
+fn broker_hint(error: &str) -> String {
+    format!("{error}\n(is the broker up? `tests/brokers.sh up rabbitmq` starts it)")
+}
+
+#[tokio::test]
+async fn a_wrong_password_fails_fast_naming_the_user_and_not_the_password() {
+    let password = format!("pw-{}", MessageId::new());
+    let url = url_with(Some(&format!("guest:{password}")), None, None);
+    let (error, shown, took) = refused(&url, &password).await;
+    assert!(
+        matches!(&error, ConnectError::AuthenticationFailed { user, .. } if user == "guest"),
+        "{}",
+        broker_hint(&shown)
+    );
+    assert!(
+        shown.contains("authentication failed for user `guest`"),
+        "{shown}"
+    );
+    assert!(took < FAST, "took {took:?}");
+}
+
+#[tokio::test]
+async fn an_unknown_vhost_fails_fast_naming_the_vhost() {
+    // The broker checks the password before the vhost, so this needs the real one; the test
+    // broker's is the user name, so what must not show is the pair.
+    let vhost = format!("no-such-vhost-{}", MessageId::new());
+    let (error, shown, took) = refused(&url_with(None, None, Some(&vhost)), "guest:guest").await;
+    assert!(
+        matches!(&error, ConnectError::UnknownVhost { vhost: v, .. } if *v == vhost),
+        "{}",
+        broker_hint(&shown)
+    );
+    assert!(
+        shown.contains(&format!("virtual host `{vhost}` does not exist")),
+        "{shown}"
+    );
+    assert!(took < FAST, "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_host_nobody_listens_on_fails_fast_naming_the_address() {
+    let password = format!("pw-{}", MessageId::new());
+    let url = url_with(
+        Some(&format!("guest:{password}")),
+        Some("127.0.0.1:1"),
+        None,
+    );
+    let (error, shown, took) = refused(&url, &password).await;
+    assert!(
+        matches!(error, ConnectError::Unreachable { .. }),
+        "{error:?}"
+    );
+    assert!(
+        shown.contains("connection refused by 127.0.0.1:1"),
+        "{shown}"
+    );
+    assert!(took < FAST, "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_host_that_does_not_answer_fails_within_the_connect_timeout() {
+    let password = format!("pw-{}", MessageId::new());
+    // A listener on loopback that accepts the connection and never speaks AMQP: the handshake
+    // gets no answer, and the error names the address within the URL's connect timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a silent listener");
+    let address = silent.local_addr().expect("its address").to_string();
+    let url = url_with(Some(&format!("guest:{password}")), Some(&address), None)
+        + "?connection_timeout=300";
+    let (error, shown, took) = refused(&url, &password).await;
+    assert!(
+        matches!(error, ConnectError::Unreachable { .. }),
+        "{error:?}"
+    );
+    assert!(shown.contains(&address), "{shown}");
+    assert!(took < FAST, "took {took:?}");
+    drop(silent);
+}
