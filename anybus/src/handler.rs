@@ -20,6 +20,7 @@ use crate::codec::{Codec, DecodeError};
 use crate::context::{Context, Key, State, StateMap};
 use crate::error::HandlerError;
 use crate::message::{Headers, Message};
+use crate::pipeline::Lane;
 use crate::publish::Publisher;
 
 /// A boxed, sendable future: what type-erased handlers and backends return.
@@ -41,6 +42,11 @@ pub enum Outcome {
 pub trait Handler: Send + Sync + 'static {
     /// Decodes the payload, extracts the arguments and runs the handler.
     fn call(&self, ctx: Context) -> BoxFuture<'static, Outcome>;
+
+    /// Handles every delivery of one lane, calling the handler's future in place rather than
+    /// boxing one per delivery. Used by the runtime.
+    #[doc(hidden)]
+    fn serve(self: Arc<Self>, lane: Lane) -> BoxFuture<'static, ()>;
 }
 
 /// The payload argument of a handler, decoded with codec `C`.
@@ -194,22 +200,46 @@ macro_rules! impl_handler {
             P: Payload<C>,
             $($x: FromContext,)*
         {
-            #[allow(non_snake_case)]
             fn call(&self, ctx: Context) -> BoxFuture<'static, Outcome> {
-                let payload = match P::decode(ctx.message()) {
-                    Ok(p) => p,
-                    Err(e) => return Box::pin(std::future::ready(Outcome::Failed(HandlerError::decode(e)))),
-                };
-                $(
-                    let Some($x) = $x::from_context(&ctx) else {
-                        let missing = HandlerError::permanent(format!(
-                            "handler argument {} is not available", std::any::type_name::<$x>()));
-                        return Box::pin(std::future::ready(Outcome::Failed(missing)));
-                    };
-                )*
-                let wants_reply = ctx.wants_reply();
-                let fut = (self.f)(payload, $($x,)*);
-                Box::pin(async move { fut.await.into_outcome::<C>(wants_reply) })
+                Box::pin(self.call_in_place(ctx))
+            }
+
+            fn serve(self: Arc<Self>, lane: Lane) -> BoxFuture<'static, ()> {
+                Box::pin(lane.run(move |ctx| self.call_in_place(ctx)))
+            }
+        }
+
+        impl<C, F, Fut, P, $($x,)*> FnHandler<C, F, (P, $($x,)*)>
+        where
+            C: Codec,
+            F: Fn(P, $($x,)*) -> Fut + Send + Sync + 'static,
+            Fut: Future + Send + 'static,
+            Fut::Output: IntoOutcome,
+            P: Payload<C>,
+            $($x: FromContext,)*
+        {
+            /// Decodes and extracts now; the returned future runs the handler.
+            #[allow(non_snake_case)]
+            fn call_in_place(&self, ctx: Context) -> impl Future<Output = Outcome> + Send + 'static {
+                let prepared = (|| {
+                    let payload = P::decode(ctx.message())
+                        .map_err(|e| Outcome::Failed(HandlerError::decode(e)))?;
+                    $(
+                        let $x = $x::from_context(&ctx).ok_or_else(|| {
+                            Outcome::Failed(HandlerError::permanent(format!(
+                                "handler argument {} is not available",
+                                std::any::type_name::<$x>()
+                            )))
+                        })?;
+                    )*
+                    Ok(((self.f)(payload, $($x,)*), ctx.wants_reply()))
+                })();
+                async move {
+                    match prepared {
+                        Ok((fut, wants_reply)) => fut.await.into_outcome::<C>(wants_reply),
+                        Err(outcome) => outcome,
+                    }
+                }
             }
         }
     };

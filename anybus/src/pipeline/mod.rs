@@ -8,8 +8,11 @@
 
 pub(crate) mod ordering;
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::backend::{Delivery, Settler};
@@ -32,8 +35,11 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Handles one delivery and settles it.
-    pub(crate) async fn process(&self, delivery: Delivery) {
+    /// Handles one delivery with `call` (the handler) and settles it.
+    pub(crate) async fn process<Fut>(&self, delivery: Delivery, call: &impl Fn(Context) -> Fut)
+    where
+        Fut: Future<Output = Outcome>,
+    {
         let Delivery { message, receipt } = delivery;
         if !self.settler.is_current(&receipt) {
             SubscriptionStats::count(&self.stats.skipped_stale);
@@ -52,7 +58,7 @@ impl Worker {
             self.publisher.clone(),
             Arc::clone(&self.state),
         );
-        let outcome = self.handler.call(ctx).instrument(span.clone()).await;
+        let outcome = call(ctx).instrument(span.clone()).await;
         match outcome {
             Outcome::Done { reply } => {
                 if let Some(reply) = reply {
@@ -93,6 +99,67 @@ impl Worker {
     async fn answer(&self, request: &crate::Message, answer: Result<bytes::Bytes, String>) {
         if let Err(error) = self.publisher.answer(request, answer).await {
             tracing::warn!(%error, "could not send the answer to a request");
+        }
+    }
+}
+
+/// Where one lane or pool worker takes its deliveries from.
+enum Source {
+    Lane(mpsc::Receiver<Delivery>),
+    Pool(async_channel::Receiver<Delivery>),
+}
+
+/// One lane (or pool worker) of a subscription: handles its deliveries one at a time until
+/// its source closes or the subscription stops. Run by [`Handler::serve`], so that the
+/// handler's future is awaited in place, not boxed per delivery.
+#[doc(hidden)]
+pub struct Lane {
+    worker: Arc<Worker>,
+    source: Source,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Lane {
+    pub(crate) fn of_partition(
+        worker: Arc<Worker>,
+        rx: mpsc::Receiver<Delivery>,
+        stopping: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            worker,
+            source: Source::Lane(rx),
+            stopping,
+        }
+    }
+
+    pub(crate) fn of_pool(
+        worker: Arc<Worker>,
+        rx: async_channel::Receiver<Delivery>,
+        stopping: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            worker,
+            source: Source::Pool(rx),
+            stopping,
+        }
+    }
+
+    /// Handles deliveries with `call` until the source closes or the subscription stops;
+    /// what was not started then stays unacknowledged and is delivered again.
+    pub(crate) async fn run<Fut>(mut self, call: impl Fn(Context) -> Fut)
+    where
+        Fut: Future<Output = Outcome>,
+    {
+        loop {
+            let next = match &mut self.source {
+                Source::Lane(rx) => rx.recv().await,
+                Source::Pool(rx) => rx.recv().await.ok(),
+            };
+            let Some(delivery) = next else { break };
+            if self.stopping.load(AtomicOrdering::Acquire) {
+                break;
+            }
+            self.worker.process(delivery, &call).await;
         }
     }
 }

@@ -10,7 +10,6 @@
 //! they had not started (it was not acknowledged, so it is delivered again), and the consumer
 //! commits and leaves its group.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::Worker;
+use super::{Lane, Worker};
 use crate::backend::{BackendError, Consumer, Delivery};
 use crate::subscription::Ordering;
 
@@ -35,7 +34,9 @@ pub(crate) struct Dispatch {
 }
 
 enum Router {
-    Lanes(HashMap<u32, mpsc::Sender<Delivery>>),
+    /// One lane per slot. A member owns a handful of partitions, so a scan beats hashing the
+    /// slot of every delivery.
+    Lanes(Vec<(u32, mpsc::Sender<Delivery>)>),
     Pool(async_channel::Sender<Delivery>),
 }
 
@@ -52,21 +53,14 @@ impl Dispatch {
             Ordering::None => {
                 let (tx, rx) = async_channel::bounded(self.concurrency.max(1));
                 for _ in 0..self.concurrency.max(1) {
-                    let (rx, worker, stopping) =
-                        (rx.clone(), Arc::clone(&self.worker), Arc::clone(&stopping));
-                    tasks.spawn(async move {
-                        while let Ok(delivery) = rx.recv().await {
-                            if stopping.load(AtomicOrdering::Acquire) {
-                                break;
-                            }
-                            worker.process(delivery).await;
-                        }
-                    });
+                    let lane =
+                        Lane::of_pool(Arc::clone(&self.worker), rx.clone(), Arc::clone(&stopping));
+                    tasks.spawn(Arc::clone(&self.worker.handler).serve(lane));
                 }
                 Router::Pool(tx)
             }
             // Key ordering is refused when the app starts, until its lanes exist.
-            Ordering::Partition | Ordering::Key => Router::Lanes(HashMap::new()),
+            Ordering::Partition | Ordering::Key => Router::Lanes(Vec::new()),
         };
 
         let mut batch = Vec::with_capacity(self.batch);
@@ -83,20 +77,41 @@ impl Dispatch {
                 }
             }
             for delivery in batch.drain(..) {
+                // The common case, room in the lane, costs no select; only a full lane waits,
+                // and then also for the stop signal.
                 let sent = match &mut router {
-                    Router::Pool(tx) => tokio::select! {
-                        biased;
-                        _ = stop.changed() => false,
-                        sent = tx.send(delivery) => sent.is_ok(),
-                    },
-                    Router::Lanes(lanes) => {
-                        let lane = lanes.entry(delivery.receipt.slot).or_insert_with(|| {
-                            spawn_lane(&mut tasks, Arc::clone(&self.worker), Arc::clone(&stopping))
-                        });
-                        tokio::select! {
+                    Router::Pool(tx) => match tx.try_send(delivery) {
+                        Ok(()) => true,
+                        Err(async_channel::TrySendError::Closed(_)) => false,
+                        Err(async_channel::TrySendError::Full(delivery)) => tokio::select! {
                             biased;
                             _ = stop.changed() => false,
-                            sent = lane.send(delivery) => sent.is_ok(),
+                            sent = tx.send(delivery) => sent.is_ok(),
+                        },
+                    },
+                    Router::Lanes(lanes) => {
+                        let slot = delivery.receipt.slot;
+                        let i = match lanes.iter().position(|(s, _)| *s == slot) {
+                            Some(i) => i,
+                            None => {
+                                let lane = spawn_lane(
+                                    &mut tasks,
+                                    Arc::clone(&self.worker),
+                                    Arc::clone(&stopping),
+                                );
+                                lanes.push((slot, lane));
+                                lanes.len() - 1
+                            }
+                        };
+                        let lane = &lanes[i].1;
+                        match lane.try_send(delivery) {
+                            Ok(()) => true,
+                            Err(mpsc::error::TrySendError::Closed(_)) => false,
+                            Err(mpsc::error::TrySendError::Full(delivery)) => tokio::select! {
+                                biased;
+                                _ = stop.changed() => false,
+                                sent = lane.send(delivery) => sent.is_ok(),
+                            },
                         }
                     }
                 };
@@ -131,14 +146,8 @@ fn spawn_lane(
     worker: Arc<Worker>,
     stopping: Arc<AtomicBool>,
 ) -> mpsc::Sender<Delivery> {
-    let (tx, mut rx) = mpsc::channel::<Delivery>(LANE_CAPACITY);
-    tasks.spawn(async move {
-        while let Some(delivery) = rx.recv().await {
-            if stopping.load(AtomicOrdering::Acquire) {
-                break;
-            }
-            worker.process(delivery).await;
-        }
-    });
+    let (tx, rx) = mpsc::channel::<Delivery>(LANE_CAPACITY);
+    let handler = Arc::clone(&worker.handler);
+    tasks.spawn(handler.serve(Lane::of_partition(worker, rx, stopping)));
     tx
 }
