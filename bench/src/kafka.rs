@@ -1,0 +1,224 @@
+//! Kafka rows: anybus against a raw rdkafka client on the same pre-produced topic, in the same
+//! run, interleaved (raw, then anybus, repeated).
+//!
+//! The raw consumer is a `StreamConsumer` that decodes each event and stores its offset
+//! (`enable.auto.offset.store=false`, auto-commit of stored offsets every second): the commit
+//! policy anybus follows with its own contiguous commits. Both are timed from their first
+//! message to their last, so that joining the group is not counted.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anybus::{App, HandlerError, Message, MessageId, Subscription};
+use futures_util::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tokio::sync::Notify;
+
+use crate::memory::Event;
+use crate::{rates, thousands, Row};
+
+const N: usize = 100_000;
+const ROUNDS: usize = 3;
+const WINDOW: usize = 1_000;
+
+fn url() -> String {
+    std::env::var("ANYBUS_KAFKA_URL")
+        .unwrap_or_else(|_| "kafka://127.0.0.1:9092?fetch.wait.max.ms=10".into())
+}
+
+fn bootstrap() -> String {
+    let url = url();
+    let rest = url.trim_start_matches("kafka://");
+    rest.split('?').next().unwrap_or(rest).to_owned()
+}
+
+fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("a raw producer")
+}
+
+async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("an admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    admin
+        .create_topics(&[new], &AdminOptions::new())
+        .await
+        .expect("create the bench topic");
+}
+
+/// Produces `n` 512-byte events with the raw producer, `WINDOW` in flight.
+async fn raw_produce(producer: &FutureProducer, topic: &str, n: usize) -> Duration {
+    let payload = Event::bytes(1);
+    let started = Instant::now();
+    for chunk in 0..n.div_ceil(WINDOW) {
+        let sends = (chunk * WINDOW..((chunk + 1) * WINDOW).min(n)).map(|i| {
+            let key = i.to_string();
+            let payload = payload.clone();
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(topic).key(&key).payload(&payload[..]),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for result in join_all(sends).await {
+            result.expect("raw produce");
+        }
+    }
+    started.elapsed()
+}
+
+/// Publishes `n` events through anybus, `WINDOW` in flight.
+async fn anybus_produce(app: &App, topic: &str, n: usize) -> Duration {
+    let publisher = app.publisher();
+    let payload = Event::bytes(1);
+    let started = Instant::now();
+    for chunk in 0..n.div_ceil(WINDOW) {
+        let sends = (chunk * WINDOW..((chunk + 1) * WINDOW).min(n))
+            .map(|i| publisher.send(Message::new(topic, payload.clone()).with_key(i.to_string())));
+        for result in join_all(sends).await {
+            result.expect("anybus publish");
+        }
+    }
+    started.elapsed()
+}
+
+async fn raw_consume(topic: &str, n: usize) -> Duration {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", format!("raw-{}", MessageId::new()))
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("a raw consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut first = None;
+    for _ in 0..n {
+        let m = consumer.recv().await.expect("a message");
+        first.get_or_insert_with(Instant::now);
+        let event: Event = serde_json::from_slice(m.payload().unwrap_or_default()).expect("json");
+        std::hint::black_box(&event);
+        consumer.store_offset_from_message(&m).expect("store");
+    }
+    first.map_or(Duration::ZERO, |f| f.elapsed())
+}
+
+async fn anybus_consume(topic: &str, n: usize) -> Duration {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let first = Arc::new(Mutex::new(None::<Instant>));
+    let done = Arc::new(Notify::new());
+    let (h, f, d) = (Arc::clone(&handled), Arc::clone(&first), Arc::clone(&done));
+    let app = App::builder()
+        .subscribe(
+            Subscription::builder([topic])
+                .group(format!("anybus-{}", MessageId::new()))
+                .handler(move |e: Event| {
+                    std::hint::black_box(&e);
+                    if h.fetch_add(1, Ordering::Relaxed) == 0 {
+                        f.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_with(Instant::now);
+                    }
+                    if h.load(Ordering::Relaxed) == n {
+                        d.notify_one();
+                    }
+                    std::future::ready(Ok::<(), HandlerError>(()))
+                }),
+        )
+        .connect(&url())
+        .await
+        .expect("anybus on kafka");
+    done.notified().await;
+    let took = first
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map_or(Duration::ZERO, |f| f.elapsed());
+    app.shutdown().await.expect("shutdown");
+    took
+}
+
+/// The Kafka rows.
+pub fn rows(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
+    rt.block_on(async {
+        let producer = producer();
+        for partitions in [1, 4] {
+            let topic = format!("bench-{partitions}p-{}", MessageId::new());
+            create_topic(&topic, partitions).await;
+            raw_produce(&producer, &topic, N).await;
+            let (mut raw, mut ours) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                raw.push(raw_consume(&topic, N).await);
+                ours.push(anybus_consume(&topic, N).await);
+            }
+            let (raw_best, raw_median) = rates(N, &mut raw);
+            let (best, median) = rates(N, &mut ours);
+            rows.push(Row {
+                what: format!(
+                    "kafka, {partitions} partition(s), 512 B JSON: consume + decode + commit, msg/s (best / median of {ROUNDS} × {N}), anybus vs raw StreamConsumer"
+                ),
+                result: format!(
+                    "anybus {} / {}; raw {} / {}",
+                    thousands(best),
+                    thousands(median),
+                    thousands(raw_best),
+                    thousands(raw_median)
+                ),
+                versus: format!(
+                    "anybus/raw {:.2} (best), {:.2} (median); target ≥ 0.95",
+                    best / raw_best,
+                    median / raw_median
+                ),
+            });
+        }
+        let app = App::builder().connect(&url()).await.expect("anybus on kafka");
+        let topic = format!("bench-publish-{}", MessageId::new());
+        create_topic(&topic, 4).await;
+        let (mut raw, mut ours) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            raw.push(raw_produce(&producer, &topic, N / 2).await);
+            ours.push(anybus_produce(&app, &topic, N / 2).await);
+        }
+        let (raw_best, raw_median) = rates(N / 2, &mut raw);
+        let (best, median) = rates(N / 2, &mut ours);
+        rows.push(Row {
+            what: format!(
+                "kafka, 4 partitions, 512 B: publish with delivery reports ({WINDOW} in flight), msg/s (best / median of {ROUNDS} × {}), anybus vs raw FutureProducer",
+                N / 2
+            ),
+            result: format!(
+                "anybus {} / {}; raw {} / {}",
+                thousands(best),
+                thousands(median),
+                thousands(raw_best),
+                thousands(raw_median)
+            ),
+            versus: format!(
+                "anybus/raw {:.2} (best), {:.2} (median)",
+                best / raw_best,
+                median / raw_median
+            ),
+        });
+        app.shutdown().await.expect("shutdown");
+    });
+}
