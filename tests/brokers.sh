@@ -66,10 +66,10 @@ up_kafka() {
     local dir="$RUN/tansu"
     rm -rf "$dir" && mkdir -p "$dir"
     # Tansu reads a .env file from its working directory: give it an empty one of its own.
-    (cd "$dir" && : >.env && nohup "$TANSU" broker \
+    (cd "$dir" && : >.env && exec setsid nohup "$TANSU" broker \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine memory://tansu/ >"$dir/log" 2>&1 &
+        --storage-engine memory://tansu/ </dev/null >"$dir/log" 2>&1 &
         echo $! >"$dir/pid")
     wait_port $KAFKA_PORT 30 tansu "$dir/log"
     log "kafka (tansu) on 127.0.0.1:$KAFKA_PORT"

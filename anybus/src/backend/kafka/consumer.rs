@@ -203,8 +203,9 @@ fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Message {
 pub(super) fn poll_loop(
     consumer: BaseConsumer<KafkaContext>,
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::Sender<Vec<Delivery>>,
     commit_interval: Duration,
+    batch_size: usize,
 ) {
     let mut last_commit = Instant::now();
     while !shared.closing.load(Ordering::Acquire) {
@@ -223,26 +224,33 @@ pub(super) fn poll_loop(
             commit(&consumer, shared.lock().take_commits(), CommitMode::Async);
             last_commit = Instant::now();
         }
-        let message = match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "kafka consumer error");
-                continue;
+        // Drain what librdkafka has ready into one batch, so the runtime is woken once per
+        // batch rather than per message. Each message is tracked right after the poll that
+        // returned it, before a rebalance callback of a later poll can change the assignment.
+        let mut batch = Vec::with_capacity(batch_size);
+        let mut wait = Duration::from_millis(100);
+        while batch.len() < batch_size {
+            let message = match consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    break;
+                }
+                Some(Ok(m)) => m,
+            };
+            wait = Duration::ZERO;
+            let tracked =
+                shared
+                    .lock()
+                    .track(message.topic(), message.partition(), message.offset());
+            if let Some((receipt, topic)) = tracked {
+                batch.push(Delivery {
+                    message: Arc::new(to_message(&message, topic)),
+                    receipt,
+                });
             }
-            Some(Ok(m)) => m,
-        };
-        let tracked = shared
-            .lock()
-            .track(message.topic(), message.partition(), message.offset());
-        let Some((receipt, topic)) = tracked else {
-            continue;
-        };
-        let delivery = Delivery {
-            message: Arc::new(to_message(&message, topic)),
-            receipt,
-        };
-        drop(message);
-        if tx.blocking_send(delivery).is_err() {
+        }
+        if !batch.is_empty() && tx.blocking_send(batch).is_err() {
             break;
         }
     }
@@ -275,10 +283,9 @@ fn commit(
 
 /// The [`Consumer`] the runtime reads from.
 pub(super) struct KafkaConsumer {
-    pub(super) rx: mpsc::Receiver<Delivery>,
+    pub(super) rx: mpsc::Receiver<Vec<Delivery>>,
     pub(super) shared: Arc<Shared>,
     pub(super) thread: Option<std::thread::JoinHandle<()>>,
-    pub(super) batch: usize,
 }
 
 impl Consumer for KafkaConsumer {
@@ -290,13 +297,8 @@ impl Consumer for KafkaConsumer {
             let Some(first) = self.rx.recv().await else {
                 return Err(BackendError::Closed { backend: "kafka" });
             };
-            out.push(first);
-            while out.len() < self.batch {
-                match self.rx.try_recv() {
-                    Ok(d) => out.push(d),
-                    Err(_) => break,
-                }
-            }
+            // The poll thread sends at most `batch` deliveries at a time.
+            out.extend(first);
             Ok(())
         })
     }

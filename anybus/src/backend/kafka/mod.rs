@@ -230,18 +230,20 @@ impl KafkaBackend {
         consumer
             .subscribe(&topics)
             .map_err(|e| failed(format!("cannot subscribe to {topics:?}: {e}")))?;
-        let (tx, rx) = mpsc::channel(config.batch.max(1));
+        // Batches of up to `batch` deliveries; two in the channel keep the poll thread a batch
+        // ahead of the runtime without buffering much more than one batch's worth.
+        let (tx, rx) = mpsc::channel(2);
+        let batch = config.batch.max(1);
         let commit_interval = self.config.commit_interval;
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("anybus-kafka-{}", config.group))
-            .spawn(move || consumer::poll_loop(consumer, thread_shared, tx, commit_interval))
+            .spawn(move || consumer::poll_loop(consumer, thread_shared, tx, commit_interval, batch))
             .map_err(|e| failed(format!("cannot start the poll thread: {e}")))?;
         Ok(Box::new(KafkaConsumer {
             rx,
             shared,
             thread: Some(thread),
-            batch: config.batch.max(1),
         }))
     }
 }
