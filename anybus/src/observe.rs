@@ -75,6 +75,17 @@ impl SubscriptionStats {
         }
     }
 
+    /// Publishes the partitions the member owns now, waking watchers only if that changed.
+    pub(crate) fn report_assignment(&self, owned: Vec<TopicPartition>) {
+        self.assignment.send_if_modified(|current| {
+            let changed = *current != owned;
+            if changed {
+                *current = owned;
+            }
+            changed
+        });
+    }
+
     pub(crate) fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -21,7 +21,7 @@ use rdkafka::ClientConfig;
 use tokio::sync::Notify;
 
 use crate::memory::Event;
-use crate::{rates, thousands, Row};
+use crate::{comparison, Row};
 
 const N: usize = 100_000;
 const ROUNDS: usize = 3;
@@ -171,25 +171,15 @@ pub fn rows(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                 raw.push(raw_consume(&topic, N).await);
                 ours.push(anybus_consume(&topic, N).await);
             }
-            let (raw_best, raw_median) = rates(N, &mut raw);
-            let (best, median) = rates(N, &mut ours);
-            rows.push(Row {
-                what: format!(
+            rows.push(comparison(
+                format!(
                     "kafka, {partitions} partition(s), 512 B JSON: consume + decode + commit, msg/s (best / median of {ROUNDS} × {N}), anybus vs raw StreamConsumer"
                 ),
-                result: format!(
-                    "anybus {} / {}; raw {} / {}",
-                    thousands(best),
-                    thousands(median),
-                    thousands(raw_best),
-                    thousands(raw_median)
-                ),
-                versus: format!(
-                    "anybus/raw {:.2} (best), {:.2} (median); target ≥ 0.95",
-                    best / raw_best,
-                    median / raw_median
-                ),
-            });
+                N,
+                &mut ours,
+                &mut raw,
+                "; target ≥ 0.95",
+            ));
         }
         let app = App::builder().connect(&url()).await.expect("anybus on kafka");
         let topic = format!("bench-publish-{}", MessageId::new());
@@ -199,26 +189,16 @@ pub fn rows(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             raw.push(raw_produce(&producer, &topic, N / 2).await);
             ours.push(anybus_produce(&app, &topic, N / 2).await);
         }
-        let (raw_best, raw_median) = rates(N / 2, &mut raw);
-        let (best, median) = rates(N / 2, &mut ours);
-        rows.push(Row {
-            what: format!(
+        rows.push(comparison(
+            format!(
                 "kafka, 4 partitions, 512 B: publish with delivery reports ({WINDOW} in flight), msg/s (best / median of {ROUNDS} × {}), anybus vs raw FutureProducer",
                 N / 2
             ),
-            result: format!(
-                "anybus {} / {}; raw {} / {}",
-                thousands(best),
-                thousands(median),
-                thousands(raw_best),
-                thousands(raw_median)
-            ),
-            versus: format!(
-                "anybus/raw {:.2} (best), {:.2} (median)",
-                best / raw_best,
-                median / raw_median
-            ),
-        });
+            N / 2,
+            &mut ours,
+            &mut raw,
+            "",
+        ));
         app.shutdown().await.expect("shutdown");
     });
 }

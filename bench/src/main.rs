@@ -85,6 +85,34 @@ impl Row {
     }
 }
 
+/// A row comparing anybus with the raw client, both runs of `n` messages, by rate.
+#[cfg(any(feature = "kafka", feature = "rabbitmq"))]
+pub fn comparison(
+    what: String,
+    n: usize,
+    ours: &mut [Duration],
+    raw: &mut [Duration],
+    target: &str,
+) -> Row {
+    let (best, median) = rates(n, ours);
+    let (raw_best, raw_median) = rates(n, raw);
+    Row {
+        what,
+        result: format!(
+            "anybus {} / {}; raw {} / {}",
+            thousands(best),
+            thousands(median),
+            thousands(raw_best),
+            thousands(raw_median)
+        ),
+        versus: format!(
+            "anybus/raw {:.2} (best), {:.2} (median){target}",
+            best / raw_best,
+            median / raw_median
+        ),
+    }
+}
+
 /// Best and median of a list of durations, as messages per second for `n` messages.
 pub fn rates(n: usize, runs: &mut [Duration]) -> (f64, f64) {
     runs.sort();

@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Notify;
 
 use crate::memory::Event;
-use crate::{rates, thousands, Row};
+use crate::{comparison, Row};
 
 const N: usize = 20_000;
 const ROUNDS: usize = 3;
@@ -180,25 +180,15 @@ pub fn rows(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             );
             app.shutdown().await.expect("shutdown");
         }
-        let (raw_best, raw_median) = rates(N, &mut raw);
-        let (best, median) = rates(N, &mut ours);
-        rows.push(Row {
-            what: format!(
+        rows.push(comparison(
+            format!(
                 "rabbitmq, 512 B JSON: consume + decode + ack (prefetch {PREFETCH}), msg/s (best / median of {ROUNDS} × {N}), anybus vs raw lapin"
             ),
-            result: format!(
-                "anybus {} / {}; raw {} / {}",
-                thousands(best),
-                thousands(median),
-                thousands(raw_best),
-                thousands(raw_median)
-            ),
-            versus: format!(
-                "anybus/raw {:.2} (best), {:.2} (median); target ≥ 0.97",
-                best / raw_best,
-                median / raw_median
-            ),
-        });
+            N,
+            &mut ours,
+            &mut raw,
+            "; target ≥ 0.97",
+        ));
 
         let app = App::builder().connect(&url()).await.expect("anybus on rabbitmq");
         let (mut raw, mut ours) = (Vec::new(), Vec::new());
@@ -207,25 +197,15 @@ pub fn rows(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             ours.push(anybus_publish(&app, &topic, N).await);
         }
         app.shutdown().await.expect("shutdown");
-        let (raw_best, raw_median) = rates(N, &mut raw);
-        let (best, median) = rates(N, &mut ours);
-        rows.push(Row {
-            what: format!(
+        rows.push(comparison(
+            format!(
                 "rabbitmq, 512 B: publish with confirms ({WINDOW} outstanding), msg/s (best / median of {ROUNDS} × {N}), anybus vs raw lapin"
             ),
-            result: format!(
-                "anybus {} / {}; raw {} / {}",
-                thousands(best),
-                thousands(median),
-                thousands(raw_best),
-                thousands(raw_median)
-            ),
-            versus: format!(
-                "anybus/raw {:.2} (best), {:.2} (median)",
-                best / raw_best,
-                median / raw_median
-            ),
-        });
+            N,
+            &mut ours,
+            &mut raw,
+            "",
+        ));
         // Leave no bench queue behind.
         let _ = channel
             .queue_delete(queue.as_str().into(), Default::default())

@@ -54,13 +54,7 @@ impl Shared {
 
     fn report_assignment(&self, table: &PartitionTable) {
         let owned = table.assignment();
-        self.stats.assignment.send_if_modified(|current| {
-            let changed = *current != owned;
-            if changed {
-                *current = owned;
-            }
-            changed
-        });
+        self.stats.report_assignment(owned);
     }
 
     /// Drains and gives up the revoked partitions; runs on the poll thread inside `poll`.

@@ -184,13 +184,7 @@ impl Member {
             })
             .collect();
         owned.sort();
-        self.stats.assignment.send_if_modified(|current| {
-            let changed = *current != owned;
-            if changed {
-                *current = owned;
-            }
-            changed
-        });
+        self.stats.report_assignment(owned);
     }
 
     fn count_stale(&self, receipt: &Receipt, what: &str) {

@@ -367,13 +367,7 @@ impl Feed {
         };
         now.sort();
         now.dedup();
-        self.settler.stats.assignment.send_if_modified(|current| {
-            let changed = *current != now;
-            if changed {
-                *current = now;
-            }
-            changed
-        });
+        self.settler.stats.report_assignment(now);
     }
 
     fn queues(&self) -> Vec<&str> {
