@@ -163,6 +163,7 @@ impl AppBuilder {
                 group: reply_topic.clone(),
                 topics: vec![reply_topic.clone()],
                 batch: self.batch,
+                prefetch: self.batch,
                 drain_timeout: self.drain_timeout,
                 stats: reply_stats,
             })
@@ -181,6 +182,7 @@ impl AppBuilder {
                     group: spec.group.clone(),
                     topics: spec.topics.clone(),
                     batch: self.batch,
+                    prefetch: spec.concurrency.saturating_mul(2),
                     drain_timeout: self.drain_timeout,
                     stats: Arc::clone(&stats),
                 })

@@ -26,8 +26,9 @@ use crate::{comparison, Row};
 const N: usize = 20_000;
 const ROUNDS: usize = 3;
 const WINDOW: usize = 256;
-/// The prefetch anybus takes from its batch size (256 by default); the raw consumer uses it too.
-const PREFETCH: u16 = 256;
+/// The prefetch anybus derives for the default concurrency (2 × 16); the raw consumer uses it
+/// too.
+const PREFETCH: u16 = 32;
 const EXCHANGE: &str = "anybus";
 
 fn url() -> String {

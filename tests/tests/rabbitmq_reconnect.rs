@@ -194,6 +194,7 @@ fn config(topic: &str, stats: &Arc<SubscriptionStats>) -> ConsumerConfig {
         group: "stale".into(),
         topics: vec![topic.into()],
         batch: 16,
+        prefetch: 16,
         drain_timeout: Duration::from_secs(5),
         stats: Arc::clone(stats),
     }

@@ -94,6 +94,10 @@ pub struct ConsumerConfig {
     pub topics: Vec<String>,
     /// The most deliveries one [`Consumer::poll`] may return.
     pub batch: usize,
+    /// How many unacknowledged deliveries the broker may hand this member at once, where the
+    /// broker has such a window (RabbitMQ's `basic.qos`): twice the subscription's
+    /// concurrency, so the next deliveries are on their way while the current ones run.
+    pub prefetch: usize,
     /// How long a revoked partition's in-flight work may take to finish before it is handed over
     /// anyway.
     pub drain_timeout: Duration,

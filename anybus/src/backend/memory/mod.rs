@@ -262,6 +262,7 @@ mod tests {
             group: group.into(),
             topics: vec!["t".into()],
             batch: 64,
+            prefetch: 64,
             drain_timeout,
             stats: Arc::new(SubscriptionStats::default()),
         }

@@ -97,7 +97,7 @@ impl RabbitConsumer {
             commands,
             stats: config.stats,
         });
-        let plan = Plan::new(topology, sources, prefetch(config.batch));
+        let plan = Plan::new(topology, sources, prefetch(config.prefetch));
         let feed = Feed::new(
             Arc::clone(&link),
             plan,
@@ -143,10 +143,11 @@ impl RabbitConsumer {
     }
 }
 
-/// The prefetch (`basic.qos`) of a consumer taking up to `batch` deliveries at once: the broker
-/// keeps at most that many unacknowledged deliveries on the channel, per queue.
-fn prefetch(batch: usize) -> u16 {
-    u16::try_from(batch.max(1)).unwrap_or(u16::MAX)
+/// The prefetch (`basic.qos`) of a consumer from the window the runtime asks for (twice the
+/// subscription's concurrency): the broker keeps at most that many unacknowledged deliveries on
+/// the channel, per queue.
+fn prefetch(window: usize) -> u16 {
+    u16::try_from(window.max(1)).unwrap_or(u16::MAX)
 }
 
 impl Consumer for RabbitConsumer {
@@ -179,7 +180,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefetch_follows_the_batch_within_amqp_limits() {
+    fn prefetch_follows_the_window_within_amqp_limits() {
         assert_eq!(prefetch(0), 1);
         assert_eq!(prefetch(256), 256);
         assert_eq!(prefetch(1 << 20), u16::MAX);

@@ -33,8 +33,9 @@
 //!
 //! # Delivery
 //!
-//! Acknowledgements are manual. The prefetch (`basic.qos`) of each queue's consumer is the
-//! app's batch size: the broker holds back what a member has not acknowledged beyond it. A
+//! Acknowledgements are manual. The prefetch (`basic.qos`) of each queue's consumer is twice
+//! the subscription's `concurrency`: the broker holds back what a member has not acknowledged
+//! beyond it. A
 //! transient failure nacks the message with requeue: RabbitMQ puts it back and delivers it
 //! again, after what the member already holds (so under partition ordering a retried message
 //! comes after the ones prefetched behind it). Every delivery is stamped with the generation
