@@ -86,6 +86,17 @@ impl SubscriptionStats {
         });
     }
 
+    /// Counts a settlement dropped because its generation is no longer live.
+    pub(crate) fn count_stale(&self, receipt: &crate::backend::Receipt, what: &str) {
+        Self::count(&self.stale_settlements);
+        tracing::debug!(
+            slot = receipt.slot,
+            offset = receipt.offset,
+            generation = receipt.generation,
+            "dropped a stale {what}"
+        );
+    }
+
     pub(crate) fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -105,16 +105,6 @@ impl Shared {
         }
         self.report_assignment(&table);
     }
-
-    fn count_stale(&self, receipt: &Receipt, what: &str) {
-        SubscriptionStats::count(&self.stats.stale_settlements);
-        tracing::debug!(
-            slot = receipt.slot,
-            offset = receipt.offset,
-            generation = receipt.generation,
-            "dropped a stale {what}"
-        );
-    }
 }
 
 impl Settler for Shared {
@@ -126,7 +116,7 @@ impl Settler for Shared {
         let mut table = self.lock();
         if table.complete(receipt).is_err() {
             drop(table);
-            return self.count_stale(receipt, "ack");
+            return self.stats.count_stale(receipt, "ack");
         }
         if table.revoking_in_flight() == 0 && table.any_revoking() {
             self.drained.notify_all();
@@ -137,7 +127,7 @@ impl Settler for Shared {
         let mut table = self.lock();
         if table.rewind(receipt).is_err() {
             drop(table);
-            return self.count_stale(receipt, "nack");
+            return self.stats.count_stale(receipt, "nack");
         }
         SubscriptionStats::count(&self.stats.redeliveries);
     }

@@ -186,18 +186,6 @@ impl Member {
         owned.sort();
         self.stats.report_assignment(owned);
     }
-
-    fn count_stale(&self, receipt: &Receipt, what: &str) {
-        self.stats
-            .stale_settlements
-            .fetch_add(1, AtomicOrdering::Relaxed);
-        tracing::debug!(
-            slot = receipt.slot,
-            offset = receipt.offset,
-            generation = receipt.generation,
-            "dropped a stale {what}"
-        );
-    }
 }
 
 fn slot_key(group: usize, partition: usize) -> u32 {
@@ -213,7 +201,7 @@ impl Settler for Member {
         let mut st = self.lock();
         let Some(slot) = Self::live_slot(&mut st, receipt) else {
             drop(st);
-            return self.count_stale(receipt, "ack");
+            return self.stats.count_stale(receipt, "ack");
         };
         if slot.tracker.complete(receipt.offset) {
             self.groups[slot.group].commit(slot.partition, slot.tracker.commit_point());
@@ -227,7 +215,7 @@ impl Settler for Member {
         let mut st = self.lock();
         let Some(slot) = Self::live_slot(&mut st, receipt) else {
             drop(st);
-            return self.count_stale(receipt, "nack");
+            return self.stats.count_stale(receipt, "nack");
         };
         // Like a Kafka consumer that seeks back to its committed offset: read again from the
         // first unfinished message under a new generation, so that work still in flight from
