@@ -36,7 +36,7 @@ use crate::observe::{StatsSnapshot, SubscriptionStats, TopicPartition};
 use crate::pipeline::ordering::Dispatch;
 use crate::pipeline::Worker;
 use crate::publish::{Publisher, Replies};
-use crate::subscription::{DeadLetter, Ordering, Subscription, SubscriptionSpec};
+use crate::subscription::{DeadLetter, Ordering, RetryMode, Subscription, SubscriptionSpec};
 use crate::url::{BrokerUrl, ConnectError};
 
 /// Why an app did not start.
@@ -91,6 +91,7 @@ pub struct AppBuilder {
     state: StateMap,
     drain_timeout: Duration,
     batch: usize,
+    max_buffered: usize,
 }
 
 impl AppBuilder {
@@ -116,6 +117,15 @@ impl AppBuilder {
     /// The most deliveries taken from the broker at once per subscription (default 256).
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// Under `ordering = "key"`, the most deliveries a subscription holds that are not finished
+    /// yet, running or waiting behind their key (default 1024, and never less than its
+    /// concurrency). When it is reached, the subscription stops fetching until some finish, so a
+    /// hot key cannot make the buffer grow without bound.
+    pub fn max_buffered(mut self, max: usize) -> Self {
+        self.max_buffered = max.max(1);
         self
     }
 
@@ -182,7 +192,7 @@ impl AppBuilder {
                     group: spec.group.clone(),
                     topics: spec.topics.clone(),
                     batch: self.batch,
-                    prefetch: spec.concurrency.saturating_mul(2),
+                    prefetch: prefetch(&spec, self.max_buffered),
                     drain_timeout: self.drain_timeout,
                     stats: Arc::clone(&stats),
                 })
@@ -200,11 +210,13 @@ impl AppBuilder {
                     publisher: publisher.clone(),
                     state: Arc::clone(&state),
                     stats: Arc::clone(&stats),
+                    retry: spec.retry.clone(),
                 }),
                 ordering: spec.ordering,
                 concurrency: spec.concurrency,
                 batch: self.batch,
                 drain_timeout: self.drain_timeout,
+                max_buffered: self.max_buffered,
             };
             let task = tokio::spawn(dispatch.run(consumer, stop_rx.clone()));
             running.push(Running { spec, stats, task });
@@ -218,6 +230,18 @@ impl AppBuilder {
             reply_task,
             reply_topic,
         })
+    }
+}
+
+/// The window of unacknowledged deliveries a subscription asks the broker for: twice its
+/// concurrency, so the next deliveries are on their way while the current ones run; under key
+/// ordering the buffer cap, since deliveries waiting behind a busy key hold a place in the window
+/// and must not starve the other keys.
+fn prefetch(spec: &SubscriptionSpec, max_buffered: usize) -> usize {
+    let window = spec.concurrency.saturating_mul(2);
+    match spec.ordering {
+        Ordering::Key => window.max(max_buffered),
+        _ => window,
     }
 }
 
@@ -248,17 +272,19 @@ fn check(sub: &Subscription, state: &StateMap) -> Result<(), StartError> {
             reason: "concurrency must be at least 1".into(),
         });
     }
-    if spec.ordering == Ordering::Key {
-        return Err(unsupported(
-            "ordering = \"key\"",
-            "key-ordered lanes are not built yet; use \"partition\" (keys stay ordered within their partition)",
-        ));
-    }
-    if spec.retry.is_some() {
-        return Err(unsupported(
-            "retry",
-            "retry policies are not built yet; a transient failure is delivered again by the broker",
-        ));
+    if let Some(retry) = &spec.retry {
+        if retry.mode == RetryMode::Redeliver {
+            return Err(unsupported(
+                "retry(mode = \"redeliver\")",
+                "redeliver-later retries are not built yet; use the in-process mode",
+            ));
+        }
+        if retry.max_attempts == 0 {
+            return Err(StartError::Invalid {
+                subscription: name(),
+                reason: "retry: max_attempts must be at least 1".into(),
+            });
+        }
     }
     if spec.dead_letter != DeadLetter::Default {
         return Err(unsupported(
@@ -364,6 +390,7 @@ impl App {
             state: StateMap::default(),
             drain_timeout: Duration::from_secs(30),
             batch: 256,
+            max_buffered: 1024,
         }
     }
 

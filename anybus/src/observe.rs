@@ -35,6 +35,8 @@ pub struct SubscriptionStats {
     pub transient_failures: AtomicU64,
     /// Permanent failures, decode failures included.
     pub permanent_failures: AtomicU64,
+    /// Attempts retried in process after a transient failure.
+    pub retries: AtomicU64,
     /// Payloads that did not decode.
     pub decode_failures: AtomicU64,
     /// Partitions rewound by a nack.
@@ -52,6 +54,7 @@ impl Default for SubscriptionStats {
             handled: AtomicU64::default(),
             transient_failures: AtomicU64::default(),
             permanent_failures: AtomicU64::default(),
+            retries: AtomicU64::default(),
             decode_failures: AtomicU64::default(),
             redeliveries: AtomicU64::default(),
             stale_settlements: AtomicU64::default(),
@@ -68,6 +71,7 @@ impl SubscriptionStats {
             handled: get(&self.handled),
             transient_failures: get(&self.transient_failures),
             permanent_failures: get(&self.permanent_failures),
+            retries: get(&self.retries),
             decode_failures: get(&self.decode_failures),
             redeliveries: get(&self.redeliveries),
             stale_settlements: get(&self.stale_settlements),
@@ -111,6 +115,8 @@ pub struct StatsSnapshot {
     pub transient_failures: u64,
     /// See [`SubscriptionStats::permanent_failures`].
     pub permanent_failures: u64,
+    /// See [`SubscriptionStats::retries`].
+    pub retries: u64,
     /// See [`SubscriptionStats::decode_failures`].
     pub decode_failures: u64,
     /// See [`SubscriptionStats::redeliveries`].

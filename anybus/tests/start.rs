@@ -1,7 +1,7 @@
 //! What `App::connect` refuses, and how it says so, before anything is consumed.
 
 use anybus::{
-    App, DeadLetter, DedupKey, HandlerError, Ordering, RetrySpec, StartError, State, Subscription,
+    App, DeadLetter, DedupKey, HandlerError, RetryMode, RetrySpec, StartError, State, Subscription,
 };
 
 async fn ok(_: String) -> Result<(), HandlerError> {
@@ -81,15 +81,12 @@ async fn options_not_built_yet_are_refused_by_name() {
     let cases: Vec<(Subscription, &str)> = vec![
         (
             Subscription::builder(["t"])
-                .ordering(Ordering::Key)
+                .retry(RetrySpec {
+                    mode: RetryMode::Redeliver,
+                    ..RetrySpec::default()
+                })
                 .handler(ok),
-            "ordering = \"key\"",
-        ),
-        (
-            Subscription::builder(["t"])
-                .retry(RetrySpec::default())
-                .handler(ok),
-            "retry",
+            "retry(mode = \"redeliver\")",
         ),
         (
             Subscription::builder(["t"])

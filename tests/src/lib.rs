@@ -733,6 +733,162 @@ pub async fn undecodable_payload_does_not_stop_the_partition(env: &Env) {
     app.shutdown().await.expect("shutdown");
 }
 
+/// Under `ordering = "key"`, messages of one key are handled one at a time in the order they
+/// were published, while different keys run in parallel up to `concurrency`, and never more.
+pub async fn key_order_is_kept_under_concurrency(env: &Env) {
+    const CONCURRENCY: usize = 16;
+    const KEYS: usize = 16;
+    const MESSAGES: usize = 400;
+    let topic = env.unique("key-order");
+    // The first CONCURRENCY handlers wait for each other: they can only all pass if that many
+    // keys run at the same time.
+    let barrier = Arc::new(Barrier::new(CONCURRENCY));
+    let started = Arc::new(AtomicUsize::new(0));
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let per_key: Arc<Mutex<HashMap<Bytes, usize>>> = Arc::default();
+    let (tx, mut inbox) = Inbox::new();
+    let shared = (
+        Arc::clone(&barrier),
+        Arc::clone(&started),
+        Arc::clone(&running),
+        Arc::clone(&peak),
+        Arc::clone(&per_key),
+    );
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("keyed")
+            .group(env.unique("g"))
+            .partitions(env.partitions)
+            .ordering(Ordering::Key)
+            .concurrency(CONCURRENCY)
+            .handler(move |m: Message| {
+                let tx = tx.clone();
+                let (barrier, started, running, peak, per_key) = (
+                    Arc::clone(&shared.0),
+                    Arc::clone(&shared.1),
+                    Arc::clone(&shared.2),
+                    Arc::clone(&shared.3),
+                    Arc::clone(&shared.4),
+                );
+                async move {
+                    let key = m.key().cloned().expect("keyed");
+                    let overlap = {
+                        let mut keys = per_key.lock().expect("lock");
+                        let n = keys.entry(key.clone()).or_default();
+                        *n += 1;
+                        *n > 1
+                    };
+                    let now = running.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+                    peak.fetch_max(now, AtomicOrdering::SeqCst);
+                    if started.fetch_add(1, AtomicOrdering::SeqCst) < CONCURRENCY {
+                        barrier.wait().await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                    running.fetch_sub(1, AtomicOrdering::SeqCst);
+                    per_key
+                        .lock()
+                        .expect("lock")
+                        .entry(key)
+                        .and_modify(|n| *n -= 1);
+                    let _ = tx.send((m, overlap));
+                    Ok::<(), HandlerError>(())
+                }
+            })])
+        .await;
+    publish_numbered(&app, &topic, MESSAGES, KEYS).await;
+    let got = inbox.take(MESSAGES, "key-ordered deliveries").await;
+    let mut last_seq: BTreeMap<Bytes, usize> = BTreeMap::new();
+    for (m, overlap) in &got {
+        let key = m.key().cloned().expect("keyed");
+        assert!(!overlap, "two handlers ran at once for key {key:?}");
+        let seq: usize = std::str::from_utf8(m.payload())
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        if let Some(prev) = last_seq.insert(key.clone(), seq) {
+            assert!(prev < seq, "key {key:?}: {seq} handled after {prev}");
+        }
+    }
+    assert_eq!(last_seq.len(), KEYS, "every key was handled");
+    assert_eq!(
+        peak.load(AtomicOrdering::SeqCst),
+        CONCURRENCY,
+        "peak concurrency"
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
+/// Under `ordering = "key"` with an in-process retry policy, a message that keeps failing holds
+/// back only its own key: the other keys of its partition are handled meanwhile, and the next
+/// message of its key waits for it.
+pub async fn failed_message_blocks_only_its_key(env: &Env) {
+    const OTHERS: usize = 20;
+    let topic = env.unique("key-retry");
+    let others_done = Arc::new(AtomicUsize::new(0));
+    let (tx, mut inbox) = Inbox::new();
+    let done = Arc::clone(&others_done);
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("keyed-retry")
+            .group(env.unique("g"))
+            // One partition: every key shares it, so a stalled partition would stall them all.
+            .partitions(1)
+            .ordering(Ordering::Key)
+            .concurrency(4)
+            .retry(anybus::RetrySpec {
+                max_attempts: 10_000,
+                backoff: anybus::Backoff::Exponential,
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(5),
+                jitter: false,
+                mode: anybus::RetryMode::InProcess,
+            })
+            .handler(move |m: Message, ctx: anybus::Context| {
+                let payload = String::from_utf8_lossy(m.payload()).into_owned();
+                // a0 fails until every message of the other keys was handled.
+                let result = if payload == "a0" && done.load(AtomicOrdering::SeqCst) < OTHERS {
+                    Err(HandlerError::transient(std::io::Error::other(
+                        "the others are not done yet",
+                    )))
+                } else {
+                    // Reported before counted, so that a0 cannot be reported ahead of a b.
+                    let other = payload.starts_with('b');
+                    let _ = tx.send((payload, ctx.attempt()));
+                    if other {
+                        done.fetch_add(1, AtomicOrdering::SeqCst);
+                    }
+                    Ok(())
+                };
+                std::future::ready(result)
+            })])
+        .await;
+    let publisher = app.publisher();
+    let mut sends = vec![("a".to_string(), "a0".to_string())];
+    sends.extend((0..OTHERS).map(|i| (format!("b{i}"), format!("b{i}"))));
+    sends.push(("a".into(), "a1".into()));
+    for (key, payload) in sends {
+        publisher
+            .send(Message::new(topic.as_str(), payload).with_key(key))
+            .await
+            .expect("publish");
+    }
+    let got = inbox.take(OTHERS + 2, "every message").await;
+    let position = |p: &str| got.iter().position(|(q, _)| q == p).expect(p);
+    let (a0, a1) = (position("a0"), position("a1"));
+    assert_eq!(a0, OTHERS, "a0 passed once the others were done: {got:?}");
+    assert_eq!(a1, OTHERS + 1, "a1 waited for a0: {got:?}");
+    assert!(got[a0].1 > 1, "a0 succeeded on a retry: {got:?}");
+    assert!(
+        got.iter().filter(|(p, _)| p != "a0").all(|(_, n)| *n == 1),
+        "only a0 was retried: {got:?}"
+    );
+    let stats = app.stats()[0].stats;
+    assert_eq!(stats.retries, u64::from(got[a0].1 - 1), "retries counted");
+    app.shutdown().await.expect("shutdown");
+}
+
 /// Expands to one `#[tokio::test]` per conformance body, each calling it with `$env`.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -748,6 +904,8 @@ macro_rules! conformance_suite {
             member_leaving_mid_stream_loses_nothing,
             requests_are_answered_or_time_out,
             undecodable_payload_does_not_stop_the_partition,
+            key_order_is_kept_under_concurrency,
+            failed_message_blocks_only_its_key,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

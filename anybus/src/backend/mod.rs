@@ -96,7 +96,8 @@ pub struct ConsumerConfig {
     pub batch: usize,
     /// How many unacknowledged deliveries the broker may hand this member at once, where the
     /// broker has such a window (RabbitMQ's `basic.qos`): twice the subscription's
-    /// concurrency, so the next deliveries are on their way while the current ones run.
+    /// concurrency, so the next deliveries are on their way while the current ones run; under
+    /// key ordering at least the app's `max_buffered`.
     pub prefetch: usize,
     /// How long a revoked partition's in-flight work may take to finish before it is handed over
     /// anyway.
@@ -167,6 +168,9 @@ pub trait Backend: Send + Sync + 'static {
 /// One member of a consumer group.
 pub trait Consumer: Send {
     /// Waits until there is at least one delivery and appends up to `batch` of them to `out`.
+    ///
+    /// Must be cancel-safe: the runtime drops the future when something else needs its
+    /// attention first, and a delivery must not be lost then.
     fn poll<'a>(
         &'a mut self,
         out: &'a mut Vec<Delivery>,

@@ -5,7 +5,12 @@
 //! (which decodes the payload first), answers requests, and settles: ack on success and on a
 //! permanent failure (logged with the message's origin), nack on a transient one so that the
 //! broker delivers it again.
+//!
+//! With an in-process retry policy, a transient failure is tried again in place after a
+//! backoff, up to the policy's attempts: the message holds back only its own lane (partition,
+//! or key under key ordering). The attempt number is anybus's own count, never the broker's.
 
+pub(crate) mod keys;
 pub(crate) mod ordering;
 
 use std::future::Future;
@@ -22,6 +27,7 @@ use crate::handler::{Handler, Outcome};
 use crate::message::header;
 use crate::observe::{delivery_span, SubscriptionStats};
 use crate::publish::Publisher;
+use crate::subscription::{Backoff, RetrySpec};
 
 /// Everything needed to handle one subscription's deliveries; shared by its lanes.
 pub(crate) struct Worker {
@@ -32,6 +38,8 @@ pub(crate) struct Worker {
     pub(crate) publisher: Publisher,
     pub(crate) state: Arc<StateMap>,
     pub(crate) stats: Arc<SubscriptionStats>,
+    /// The in-process retry policy, if any.
+    pub(crate) retry: Option<RetrySpec>,
 }
 
 impl Worker {
@@ -46,19 +54,45 @@ impl Worker {
             return;
         }
         let span = delivery_span(&message, &self.group, &self.name);
-        let attempt = message
+        let mut attempt = message
             .headers()
             .get_str(header::ATTEMPT)
             .and_then(|a| a.parse().ok())
             .unwrap_or(1);
-        let ctx = Context::new(
-            Arc::clone(&message),
-            Arc::clone(&self.group),
-            attempt,
-            self.publisher.clone(),
-            Arc::clone(&self.state),
-        );
-        let outcome = call(ctx).instrument(span.clone()).await;
+        let mut delays = None;
+        let outcome = loop {
+            let ctx = Context::new(
+                Arc::clone(&message),
+                Arc::clone(&self.group),
+                attempt,
+                self.publisher.clone(),
+                Arc::clone(&self.state),
+            );
+            let outcome = call(ctx).instrument(span.clone()).await;
+            let Some(policy) = &self.retry else {
+                break outcome;
+            };
+            let Outcome::Failed(error) = &outcome else {
+                break outcome;
+            };
+            if error.kind() != FailureKind::Transient || attempt >= policy.max_attempts {
+                break outcome;
+            }
+            let Some(wait) = delays.get_or_insert_with(|| backoff(policy)).next() else {
+                break outcome;
+            };
+            span.in_scope(|| {
+                tracing::warn!(origin = %message.origin(), %error, attempt, ?wait, "handler failed; retrying");
+            });
+            SubscriptionStats::count(&self.stats.retries);
+            tokio::time::sleep(wait).await;
+            if !self.settler.is_current(&receipt) {
+                // The partition moved on while this waited: its new owner has the message.
+                SubscriptionStats::count(&self.stats.skipped_stale);
+                return;
+            }
+            attempt += 1;
+        };
         match outcome {
             Outcome::Done { reply } => {
                 if let Some(reply) = reply {
@@ -67,7 +101,9 @@ impl Worker {
                 SubscriptionStats::count(&self.stats.handled);
                 self.settler.ack(&receipt);
             }
-            Outcome::Failed(error) if error.kind() == FailureKind::Transient => {
+            Outcome::Failed(error)
+                if error.kind() == FailureKind::Transient && self.retry.is_none() =>
+            {
                 span.in_scope(|| {
                     tracing::warn!(origin = %message.origin(), %error, "handler failed; the message will be delivered again");
                 });
@@ -80,6 +116,7 @@ impl Worker {
                         origin = %message.origin(),
                         key = ?message.key(),
                         kind = error.kind().as_str(),
+                        attempt,
                         %error,
                         "message cannot be handled; it is skipped",
                     );
@@ -103,10 +140,36 @@ impl Worker {
     }
 }
 
+/// The waits between attempts under `policy`: exponential (or fixed) from `initial` up to `max`;
+/// jitter adds a random part of up to the wait again.
+fn backoff(policy: &RetrySpec) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    let factor = match policy.backoff {
+        Backoff::Exponential => 2.0,
+        Backoff::Fixed => 1.0,
+    };
+    let builder = backon::ExponentialBuilder::default()
+        .with_factor(factor)
+        .with_min_delay(policy.initial)
+        .with_max_delay(policy.max)
+        .without_max_times();
+    if policy.jitter {
+        builder.with_jitter().build()
+    } else {
+        builder.build()
+    }
+}
+
 /// Where one lane or pool worker takes its deliveries from.
 enum Source {
     Lane(mpsc::Receiver<Delivery>),
     Pool(async_channel::Receiver<Delivery>),
+    /// A pool worker under key ordering: reports each finished key back to the dispatch loop,
+    /// which starts the next delivery of that key.
+    Keyed {
+        rx: async_channel::Receiver<(u64, Delivery)>,
+        finished: mpsc::UnboundedSender<u64>,
+    },
 }
 
 /// One lane (or pool worker) of a subscription: handles its deliveries one at a time until
@@ -144,6 +207,19 @@ impl Lane {
         }
     }
 
+    pub(crate) fn of_keys(
+        worker: Arc<Worker>,
+        rx: async_channel::Receiver<(u64, Delivery)>,
+        finished: mpsc::UnboundedSender<u64>,
+        stopping: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            worker,
+            source: Source::Keyed { rx, finished },
+            stopping,
+        }
+    }
+
     /// Handles deliveries with `call` until the source closes or the subscription stops;
     /// what was not started then stays unacknowledged and is delivered again.
     pub(crate) async fn run<Fut>(mut self, call: impl Fn(Context) -> Fut)
@@ -151,15 +227,24 @@ impl Lane {
         Fut: Future<Output = Outcome>,
     {
         loop {
-            let next = match &mut self.source {
-                Source::Lane(rx) => rx.recv().await,
-                Source::Pool(rx) => rx.recv().await.ok(),
+            let (next, key) = match &mut self.source {
+                Source::Lane(rx) => (rx.recv().await, None),
+                Source::Pool(rx) => (rx.recv().await.ok(), None),
+                Source::Keyed { rx, .. } => match rx.recv().await {
+                    Ok((key, delivery)) => (Some(delivery), Some(key)),
+                    Err(_) => (None, None),
+                },
             };
             let Some(delivery) = next else { break };
             if self.stopping.load(AtomicOrdering::Acquire) {
                 break;
             }
             self.worker.process(delivery, &call).await;
+            if let (Some(key), Source::Keyed { finished, .. }) = (key, &self.source) {
+                if finished.send(key).is_err() {
+                    break;
+                }
+            }
         }
     }
 }

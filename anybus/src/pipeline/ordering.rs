@@ -1,4 +1,5 @@
-//! What may run at once: one lane per partition, or a pool of `concurrency` workers.
+//! What may run at once: one lane per partition, one delivery per key, or a pool of
+//! `concurrency` workers.
 //!
 //! The dispatch loop polls the consumer and routes each delivery. Under
 //! [`Ordering::Partition`] every partition (RabbitMQ: the queue) has a lane, a task that handles
@@ -6,10 +7,18 @@
 //! deliveries from one shared queue. Lanes and the queue are bounded, so a slow handler stops
 //! the loop from polling: the broker holds what is not in flight.
 //!
+//! Under [`Ordering::Key`], `concurrency` workers take deliveries whose key is idle; the loop
+//! keeps the rest of each key in [`KeyQueues`] and starts the next of a key when a worker
+//! reports the previous one finished. The key is the partition plus the message key, so a key's
+//! deliveries run in offset order; keyless deliveries of a partition share one key and so run
+//! in partition order. At most `max_buffered` deliveries are admitted and not finished: then the
+//! loop stops polling until workers finish some, so one hot key cannot grow the buffer.
+//!
 //! On shutdown the loop stops polling, lanes finish the handler they are running and skip what
 //! they had not started (it was not acknowledged, so it is delivered again), and the consumer
 //! commits and leaves its group.
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::keys::KeyQueues;
 use super::{Lane, Worker};
 use crate::backend::{BackendError, Consumer, Delivery};
 use crate::subscription::Ordering;
@@ -31,6 +41,8 @@ pub(crate) struct Dispatch {
     pub(crate) concurrency: usize,
     pub(crate) batch: usize,
     pub(crate) drain_timeout: Duration,
+    /// Under key ordering, the most deliveries admitted and not finished.
+    pub(crate) max_buffered: usize,
 }
 
 enum Router {
@@ -38,6 +50,57 @@ enum Router {
     /// slot of every delivery.
     Lanes(Vec<(u32, mpsc::Sender<Delivery>)>),
     Pool(async_channel::Sender<Delivery>),
+    Keys(Keyed),
+}
+
+/// The dispatch loop's side of key ordering.
+struct Keyed {
+    queues: KeyQueues<Delivery>,
+    /// Deliveries whose key is idle, to the workers. Unbounded, but never longer than
+    /// `max_buffered`.
+    ready: async_channel::Sender<(u64, Delivery)>,
+    /// Keys whose delivery a worker finished.
+    finished: mpsc::UnboundedReceiver<u64>,
+    hasher: RandomState,
+}
+
+impl Keyed {
+    /// Admits a delivery; `false` when the workers are gone.
+    fn admit(&mut self, delivery: Delivery) -> bool {
+        // A collision of two keys only makes them wait for each other: order is still kept.
+        let key = self.hasher.hash_one((
+            delivery.receipt.slot,
+            delivery.message.key().map(|k| &k[..]),
+        ));
+        match self.queues.push(key, delivery) {
+            Some(start) => self.ready.try_send((key, start)).is_ok(),
+            None => true,
+        }
+    }
+
+    /// A worker finished `key`: starts what waits behind it, and whatever else finished
+    /// meanwhile. `false` when the workers are gone.
+    fn finish(&mut self, mut key: u64) -> bool {
+        loop {
+            if let Some(next) = self.queues.finish(key) {
+                if self.ready.try_send((key, next)).is_err() {
+                    return false;
+                }
+            }
+            match self.finished.try_recv() {
+                Ok(more) => key = more,
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// The next key a worker finished; never resolves for the other orderings.
+async fn next_finished(router: &mut Router) -> Option<u64> {
+    match router {
+        Router::Keys(keyed) => keyed.finished.recv().await,
+        _ => std::future::pending().await,
+    }
 }
 
 impl Dispatch {
@@ -59,17 +122,50 @@ impl Dispatch {
                 }
                 Router::Pool(tx)
             }
-            // Key ordering is refused when the app starts, until its lanes exist.
-            Ordering::Partition | Ordering::Key => Router::Lanes(Vec::new()),
+            Ordering::Key => {
+                let (ready, rx) = async_channel::unbounded();
+                let (done, finished) = mpsc::unbounded_channel();
+                for _ in 0..self.concurrency.max(1) {
+                    let lane = Lane::of_keys(
+                        Arc::clone(&self.worker),
+                        rx.clone(),
+                        done.clone(),
+                        Arc::clone(&stopping),
+                    );
+                    tasks.spawn(Arc::clone(&self.worker.handler).serve(lane));
+                }
+                Router::Keys(Keyed {
+                    queues: KeyQueues::default(),
+                    ready,
+                    finished,
+                    hasher: RandomState::new(),
+                })
+            }
+            Ordering::Partition => Router::Lanes(Vec::new()),
         };
+        let max_buffered = self.max_buffered.max(self.concurrency).max(1);
 
         let mut batch = Vec::with_capacity(self.batch);
         let mut result = Ok(());
         'poll: while !*stop.borrow() {
+            let room = match &router {
+                Router::Keys(keyed) => keyed.queues.len() < max_buffered,
+                _ => true,
+            };
+            // Every consumer's poll is cancel-safe: losing the race to a finished key loses no
+            // delivery.
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                polled = consumer.poll(&mut batch) => {
+                Some(key) = next_finished(&mut router) => {
+                    if let Router::Keys(keyed) = &mut router {
+                        if !keyed.finish(key) {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                polled = consumer.poll(&mut batch), if room => {
                     if let Err(e) = polled {
                         result = Err(e);
                         break;
@@ -80,6 +176,7 @@ impl Dispatch {
                 // The common case, room in the lane, costs no select; only a full lane waits,
                 // and then also for the stop signal.
                 let sent = match &mut router {
+                    Router::Keys(keyed) => keyed.admit(delivery),
                     Router::Pool(tx) => match tx.try_send(delivery) {
                         Ok(()) => true,
                         Err(async_channel::TrySendError::Closed(_)) => false,

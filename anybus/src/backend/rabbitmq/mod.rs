@@ -34,9 +34,9 @@
 //! # Delivery
 //!
 //! Acknowledgements are manual. The prefetch (`basic.qos`) of each queue's consumer is twice
-//! the subscription's `concurrency`: the broker holds back what a member has not acknowledged
-//! beyond it. A
-//! transient failure nacks the message with requeue: RabbitMQ puts it back and delivers it
+//! the subscription's `concurrency` (under key ordering, at least the app's `max_buffered`, so
+//! that deliveries waiting behind a busy key do not starve the others): the broker holds back
+//! what a member has not acknowledged beyond it. A transient failure nacks the message with requeue: RabbitMQ puts it back and delivers it
 //! again, after what the member already holds (so under partition ordering a retried message
 //! comes after the ones prefetched behind it). Every delivery is stamped with the generation
 //! of the channel it came on; an ack or nack of a channel that died is dropped and counted
