@@ -27,7 +27,7 @@ const N: usize = 100_000;
 const ROUNDS: usize = 3;
 const WINDOW: usize = 1_000;
 
-fn url() -> String {
+pub(crate) fn url() -> String {
     std::env::var("ANYBUS_KAFKA_URL")
         .unwrap_or_else(|_| "kafka://127.0.0.1:9092?fetch.wait.max.ms=10".into())
 }
@@ -48,7 +48,7 @@ fn producer() -> FutureProducer {
         .expect("a raw producer")
 }
 
-async fn create_topic(topic: &str, partitions: i32) {
+pub(crate) async fn create_topic(topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()

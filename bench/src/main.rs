@@ -6,6 +6,7 @@
 //! cargo run --release -p anybus-bench -- memory             # the same, memory rows only
 //! cargo run --release -p anybus-bench --features kafka      # + Kafka rows (broker on :9092)
 //! cargo run --release -p anybus-bench --features rabbitmq   # + RabbitMQ rows (broker on :5672)
+//! cargo run --release -p anybus-bench -- ordering           # the ordering rows alone (+ Kafka with the feature)
 //! cargo run --release -p anybus-bench -- scenario end-to-end raw 1 multi 20   # one scenario, for perf
 //! ```
 //!
@@ -28,11 +29,15 @@
 //!   only inside the measured phase (`--toggle-collect`), so appending the messages beforehand is
 //!   not counted. Set `ANYBUS_BENCH_CALLGRIND_DIR` to keep the output files for
 //!   `callgrind_annotate`.
+//! * **Ordering** (see `ordering.rs`): Confluent Parallel Consumer's scenario, 10,000 messages in
+//!   one partition with 0–5 ms of timer work each at concurrency 100, under partition, key and
+//!   no ordering; wall time against the ideal, on memory and (with the feature) on Kafka.
 
 mod alloc;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod memory;
+mod ordering;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 
@@ -592,14 +597,39 @@ fn main() {
     }
     let only = args.first().cloned().unwrap_or_default();
     let mut rows = Vec::new();
+    // The ordering rows' plain-tokio times, measured once for every backend.
+    let mut baselines = Vec::new();
     if only.is_empty() || only == "memory" {
         throughput_rows(&mut rows);
         allocation_rows(&mut rows);
         callgrind_rows(&mut rows);
     }
+    if only.is_empty() || only == "memory" || only == "ordering" {
+        let url = format!(
+            "memory://bench-ordering-{}?partitions=1",
+            anybus::MessageId::new()
+        );
+        Flavor::MultiThread.runtime().block_on(ordering::rows(
+            "memory",
+            &url,
+            |_| async {},
+            &mut baselines,
+            &mut rows,
+        ));
+    }
     #[cfg(feature = "kafka")]
     if only.is_empty() || only == "kafka" {
         kafka::rows(&Flavor::MultiThread.runtime(), &mut rows);
+    }
+    #[cfg(feature = "kafka")]
+    if only.is_empty() || only == "kafka" || only == "ordering" {
+        Flavor::MultiThread.runtime().block_on(ordering::rows(
+            "kafka",
+            &kafka::url(),
+            |topic| async move { kafka::create_topic(&topic, 1).await },
+            &mut baselines,
+            &mut rows,
+        ));
     }
     #[cfg(feature = "rabbitmq")]
     if only.is_empty() || only == "rabbitmq" {
