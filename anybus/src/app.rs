@@ -122,8 +122,9 @@ impl AppBuilder {
 
     /// Under `ordering = "key"`, the most deliveries a subscription holds that are not finished
     /// yet, running or waiting behind their key (default 1024, and never less than its
-    /// concurrency). When it is reached, the subscription stops fetching until some finish, so a
-    /// hot key cannot make the buffer grow without bound.
+    /// concurrency). When it is reached, the subscription stops fetching until some finish (one
+    /// batch already fetched may still be admitted), so a hot key cannot make the buffer grow
+    /// without bound. [`App::held_back`] tells when that happens.
     pub fn max_buffered(mut self, max: usize) -> Self {
         self.max_buffered = max.max(1);
         self
@@ -447,6 +448,16 @@ impl App {
             .iter()
             .find(|r| r.spec.name == subscription)
             .map(|r| r.stats.assignment.subscribe())
+    }
+
+    /// Whether a key-ordered subscription holds back fetching because it holds its
+    /// [`AppBuilder::max_buffered`] unfinished deliveries, as a watch; `None` for an unknown
+    /// subscription name.
+    pub fn held_back(&self, subscription: &str) -> Option<watch::Receiver<bool>> {
+        self.running
+            .iter()
+            .find(|r| r.spec.name == subscription)
+            .map(|r| r.stats.held_back.subscribe())
     }
 
     /// Runs until Ctrl-C, SIGTERM or a [`ShutdownHandle`], then shuts down gracefully.

@@ -67,7 +67,7 @@ pub use crate::codec::{Codec, DecodeError, EncodeError, Json, Raw};
 pub use crate::context::{Context, Key, State, StateMap};
 pub use crate::error::{FailureKind, HandlerError};
 pub use crate::message::{header, Headers, Message, MessageId, Origin};
-pub use crate::observe::TopicPartition;
+pub use crate::observe::{StatsSnapshot, TopicPartition};
 pub use crate::publish::{Publisher, RequestError};
 pub use crate::subscription::{
     Backoff, DeadLetter, DedupKey, Ordering, RetryMode, RetrySpec, Subscription,

@@ -45,6 +45,13 @@ pub struct SubscriptionStats {
     pub stale_settlements: AtomicU64,
     /// Deliveries skipped before their handler ran because their partition had moved on.
     pub skipped_stale: AtomicU64,
+    /// Whether a key-ordered subscription has stopped fetching because it holds
+    /// `max_buffered` unfinished deliveries; it fetches again as keys drain.
+    pub held_back: watch::Sender<bool>,
+    /// The most unfinished deliveries a key-ordered subscription held at once.
+    pub peak_buffered: AtomicU64,
+    /// Times the Kafka consumer paused fetching because the runtime had no room.
+    pub fetch_pauses: AtomicU64,
 }
 
 impl Default for SubscriptionStats {
@@ -59,6 +66,9 @@ impl Default for SubscriptionStats {
             redeliveries: AtomicU64::default(),
             stale_settlements: AtomicU64::default(),
             skipped_stale: AtomicU64::default(),
+            held_back: watch::Sender::new(false),
+            peak_buffered: AtomicU64::default(),
+            fetch_pauses: AtomicU64::default(),
         }
     }
 }
@@ -76,7 +86,19 @@ impl SubscriptionStats {
             redeliveries: get(&self.redeliveries),
             stale_settlements: get(&self.stale_settlements),
             skipped_stale: get(&self.skipped_stale),
+            peak_buffered: get(&self.peak_buffered),
+            fetch_pauses: get(&self.fetch_pauses),
         }
+    }
+
+    /// Records whether the subscription holds back fetching, waking watchers only if that
+    /// changed.
+    pub(crate) fn report_held_back(&self, held: bool) {
+        self.held_back.send_if_modified(|current| {
+            let changed = *current != held;
+            *current = held;
+            changed
+        });
     }
 
     /// Publishes the partitions the member owns now, waking watchers only if that changed.
@@ -125,6 +147,10 @@ pub struct StatsSnapshot {
     pub stale_settlements: u64,
     /// See [`SubscriptionStats::skipped_stale`].
     pub skipped_stale: u64,
+    /// See [`SubscriptionStats::peak_buffered`].
+    pub peak_buffered: u64,
+    /// See [`SubscriptionStats::fetch_pauses`].
+    pub fetch_pauses: u64,
 }
 
 /// The span one delivery is handled in. Costs one branch when no subscriber listens.

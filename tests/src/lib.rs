@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anybus::{App, HandlerError, Headers, Message, MessageId, Ordering, Subscription};
+use anybus::{
+    App, AppBuilder, HandlerError, Headers, Message, MessageId, Ordering, StatsSnapshot,
+    Subscription,
+};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Barrier, Semaphore};
 
@@ -91,9 +94,14 @@ impl Env {
 
     /// An app with these subscriptions on this broker, with a short drain timeout.
     pub async fn start(&self, subscriptions: Vec<Subscription>) -> App {
+        self.start_with(App::builder(), subscriptions).await
+    }
+
+    /// [`Env::start`] from a builder already configured.
+    pub async fn start_with(&self, builder: AppBuilder, subscriptions: Vec<Subscription>) -> App {
         subscriptions
             .into_iter()
-            .fold(App::builder(), |b, s| b.subscribe(s))
+            .fold(builder, |b, s| b.subscribe(s))
             .drain_timeout(Duration::from_secs(10))
             .connect(&self.url)
             .await
@@ -889,6 +897,66 @@ pub async fn failed_message_blocks_only_its_key(env: &Env) {
     app.shutdown().await.expect("shutdown");
 }
 
+/// Under key ordering, a hot key whose handler is stuck makes the subscription stop fetching
+/// once it holds `max_buffered` deliveries (plus at most one batch), and fetching resumes as the
+/// key drains: every message is then handled, in order. Returns the subscription's counters.
+pub async fn a_hot_key_holds_back_fetching_within_the_cap(env: &Env) -> StatsSnapshot {
+    const CAP: usize = 8;
+    const BATCH: usize = 4;
+    const MESSAGES: usize = 100;
+    let topic = env.unique("hot-key");
+    // Closed until the test opens it: the first handler waits there.
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut inbox) = Inbox::new();
+    let g = Arc::clone(&gate);
+    let app = env
+        .start_with(
+            App::builder().max_buffered(CAP).batch(BATCH),
+            vec![Subscription::builder([&topic])
+                .name("hot")
+                .group(env.unique("g"))
+                .partitions(1)
+                .ordering(Ordering::Key)
+                .concurrency(4)
+                .handler(move |m: Message| {
+                    let (tx, gate) = (tx.clone(), Arc::clone(&g));
+                    async move {
+                        drop(gate.acquire().await.expect("the gate stays open"));
+                        let _ = tx.send(m);
+                        Ok::<(), HandlerError>(())
+                    }
+                })],
+        )
+        .await;
+    let mut held_back = app.held_back("hot").expect("subscription exists");
+    publish_numbered(&app, &topic, MESSAGES, 1).await;
+    tokio::time::timeout(PATIENCE, held_back.wait_for(|held| *held))
+        .await
+        .expect("the subscription never held back fetching")
+        .expect("the subscription stopped");
+    let peak = app.stats()[0].stats.peak_buffered;
+    assert!(
+        (peak as usize) < CAP + BATCH,
+        "{peak} deliveries held, more than the cap of {CAP} plus a batch of {BATCH}"
+    );
+    gate.add_permits(Semaphore::MAX_PERMITS);
+    let got = inbox.take(MESSAGES, "the hot key's messages").await;
+    let seqs: Vec<usize> = got
+        .iter()
+        .map(|m| {
+            std::str::from_utf8(m.payload())
+                .expect("utf8")
+                .parse()
+                .expect("number")
+        })
+        .collect();
+    assert_eq!(seqs, (0..MESSAGES).collect::<Vec<_>>(), "the key's order");
+    let stats = app.stats()[0].stats;
+    assert!((stats.peak_buffered as usize) < CAP + BATCH, "{stats:?}");
+    app.shutdown().await.expect("shutdown");
+    stats
+}
+
 /// Expands to one `#[tokio::test]` per conformance body, each calling it with `$env`.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -906,6 +974,7 @@ macro_rules! conformance_suite {
             undecodable_payload_does_not_stop_the_partition,
             key_order_is_kept_under_concurrency,
             failed_message_blocks_only_its_key,
+            a_hot_key_holds_back_fetching_within_the_cap,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

@@ -243,3 +243,13 @@ async fn an_unreachable_bootstrap_server_fails_connect_in_bounded_time() {
         started.elapsed()
     );
 }
+
+/// Under key ordering, a stuck hot key fills the runtime's buffer and the consumer then pauses
+/// fetching (rather than blocking its poll thread, which must keep serving rebalances), and
+/// resumes from where it paused: every message arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_pauses_fetching_and_resumes_where_it_stopped() {
+    let stats =
+        anybus_conformance::a_hot_key_holds_back_fetching_within_the_cap(&Env::kafka()).await;
+    assert!(stats.fetch_pauses >= 1, "fetching never paused: {stats:?}");
+}

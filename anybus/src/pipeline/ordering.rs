@@ -11,8 +11,9 @@
 //! keeps the rest of each key in [`KeyQueues`] and starts the next of a key when a worker
 //! reports the previous one finished. The key is the partition plus the message key, so a key's
 //! deliveries run in offset order; keyless deliveries of a partition share one key and so run
-//! in partition order. At most `max_buffered` deliveries are admitted and not finished: then the
-//! loop stops polling until workers finish some, so one hot key cannot grow the buffer.
+//! in partition order. Once `max_buffered` deliveries are admitted and not finished, the loop
+//! stops polling until workers finish some (so at most `max_buffered` plus one poll's batch are
+//! held), and one hot key cannot grow the buffer.
 //!
 //! On shutdown the loop stops polling, lanes finish the handler they are running and skip what
 //! they had not started (it was not acknowledged, so it is delivered again), and the consumer
@@ -149,7 +150,11 @@ impl Dispatch {
         let mut result = Ok(());
         'poll: while !*stop.borrow() {
             let room = match &router {
-                Router::Keys(keyed) => keyed.queues.len() < max_buffered,
+                Router::Keys(keyed) => {
+                    let room = keyed.queues.len() < max_buffered;
+                    self.worker.stats.report_held_back(!room);
+                    room
+                }
                 _ => true,
             };
             // Every consumer's poll is cancel-safe: losing the race to a finished key loses no
@@ -216,6 +221,13 @@ impl Dispatch {
                     // Stopping: what was not routed stays unacknowledged and is delivered again.
                     break 'poll;
                 }
+            }
+            if let Router::Keys(keyed) = &router {
+                let held = keyed.queues.len() as u64;
+                self.worker
+                    .stats
+                    .peak_buffered
+                    .fetch_max(held, AtomicOrdering::Relaxed);
             }
         }
 

@@ -21,7 +21,7 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::partitions::PartitionTable;
+use super::partitions::{PartitionTable, Seek};
 use crate::backend::{BackendError, Consumer, Delivery, Receipt, Settler};
 use crate::handler::BoxFuture;
 use crate::message::{header, Headers, Message, MessageId, Origin};
@@ -184,6 +184,12 @@ fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Message {
 
 /// Polls until closed: performs seeks asked for by nacks, commits periodically, and hands
 /// fetched messages to the runtime.
+///
+/// When the runtime's channel is full (the subscription holds as much as it may buffer), the
+/// thread does not block on it: it pauses fetching for the whole assignment and keeps polling
+/// for rebalance events and committing, then resumes once the runtime made room. librdkafka
+/// drops what it had fetched ahead for paused partitions and fetches again from the last message
+/// it returned, so nothing is skipped.
 pub(super) fn poll_loop(
     consumer: BaseConsumer<KafkaContext>,
     shared: Arc<Shared>,
@@ -192,48 +198,52 @@ pub(super) fn poll_loop(
     batch_size: usize,
 ) {
     let mut last_commit = Instant::now();
+    let mut paused = false;
+    // Messages returned while the channel was full: sent first once there is room.
+    let mut held: Vec<Delivery> = Vec::new();
     while !shared.closing.load(Ordering::Acquire) {
-        let seeks = shared.lock().take_seeks();
-        for seek in seeks {
-            if let Err(e) = consumer.seek(
-                &seek.topic,
-                seek.partition,
-                Offset::Offset(seek.offset),
-                Duration::from_secs(10),
-            ) {
-                tracing::warn!(topic = &*seek.topic, partition = seek.partition, error = %e, "seek failed");
-            }
+        let full = tx.capacity() == 0;
+        if paused && !full {
+            set_paused(&consumer, false);
+            paused = false;
+        }
+        if !paused {
+            // A seek of a paused partition would be undone by the resume, which fetches from
+            // where the partition was paused; so seeks wait until fetching resumed.
+            seek(&consumer, shared.lock().take_seeks());
         }
         if last_commit.elapsed() >= commit_interval {
             commit(&consumer, shared.lock().take_commits(), CommitMode::Async);
             last_commit = Instant::now();
         }
+        if full {
+            // Pausing the current assignment again each round also covers partitions a
+            // rebalance assigned meanwhile.
+            set_paused(&consumer, true);
+            if !paused {
+                SubscriptionStats::count(&shared.stats.fetch_pauses);
+                tracing::debug!("the runtime has no room: fetching paused");
+            }
+            paused = true;
+            if let Some(delivery) = poll_one(&consumer, &shared, Duration::from_millis(10)) {
+                held.push(delivery);
+            }
+            continue;
+        }
         // Drain what librdkafka has ready into one batch, so the runtime is woken once per
         // batch rather than per message. Each message is tracked right after the poll that
         // returned it, before a rebalance callback of a later poll can change the assignment.
-        let mut batch = Vec::with_capacity(batch_size);
+        let mut batch = std::mem::take(&mut held);
+        batch.reserve(batch_size.saturating_sub(batch.len()));
         let mut wait = Duration::from_millis(100);
         while batch.len() < batch_size {
-            let message = match consumer.poll(wait) {
+            match poll_one(&consumer, &shared, wait) {
+                Some(delivery) => batch.push(delivery),
                 None => break,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka consumer error");
-                    break;
-                }
-                Some(Ok(m)) => m,
-            };
-            wait = Duration::ZERO;
-            let tracked =
-                shared
-                    .lock()
-                    .track(message.topic(), message.partition(), message.offset());
-            if let Some((receipt, topic)) = tracked {
-                batch.push(Delivery {
-                    message: Arc::new(to_message(&message, topic)),
-                    receipt,
-                });
             }
+            wait = Duration::ZERO;
         }
+        // There is room (this thread is the only sender), so this does not block.
         if !batch.is_empty() && tx.blocking_send(batch).is_err() {
             break;
         }
@@ -244,6 +254,63 @@ pub(super) fn poll_loop(
     consumer.unsubscribe();
     drop(consumer);
     shared.report_assignment(&shared.lock());
+}
+
+/// Polls once, serving rebalance events; a message comes back tracked, as a delivery.
+fn poll_one(
+    consumer: &BaseConsumer<KafkaContext>,
+    shared: &Shared,
+    wait: Duration,
+) -> Option<Delivery> {
+    loop {
+        let message = match consumer.poll(wait)? {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consumer error");
+                return None;
+            }
+        };
+        let tracked = shared
+            .lock()
+            .track(message.topic(), message.partition(), message.offset());
+        // A message of a partition no longer owned is dropped; poll again.
+        if let Some((receipt, topic)) = tracked {
+            return Some(Delivery {
+                message: Arc::new(to_message(&message, topic)),
+                receipt,
+            });
+        }
+    }
+}
+
+/// Pauses or resumes fetching for the consumer's whole current assignment.
+fn set_paused(consumer: &BaseConsumer<KafkaContext>, pause: bool) {
+    let assignment = match consumer.assignment() {
+        Ok(a) if a.count() > 0 => a,
+        Ok(_) => return,
+        Err(e) => return tracing::warn!(error = %e, "cannot read the assignment"),
+    };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, pause, "cannot pause or resume fetching");
+    }
+}
+
+fn seek(consumer: &BaseConsumer<KafkaContext>, seeks: Vec<Seek>) {
+    for seek in seeks {
+        if let Err(e) = consumer.seek(
+            &seek.topic,
+            seek.partition,
+            Offset::Offset(seek.offset),
+            Duration::from_secs(10),
+        ) {
+            tracing::warn!(topic = &*seek.topic, partition = seek.partition, error = %e, "seek failed");
+        }
+    }
 }
 
 fn commit(
