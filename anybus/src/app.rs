@@ -34,7 +34,7 @@ use crate::context::StateMap;
 use crate::message::MessageId;
 use crate::observe::{StatsSnapshot, SubscriptionStats, TopicPartition};
 use crate::pipeline::ordering::Dispatch;
-use crate::pipeline::Worker;
+use crate::pipeline::{dead_letter, Worker};
 use crate::publish::{Publisher, Replies};
 use crate::subscription::{DeadLetter, Ordering, RetryMode, Subscription, SubscriptionSpec};
 use crate::url::{BrokerUrl, ConnectError};
@@ -140,10 +140,18 @@ impl AppBuilder {
         let backend = backend::connect(&url).await?;
         let mut topics: Vec<TopicSpec> = Vec::new();
         for spec in self.subscriptions.iter().map(Subscription::spec) {
-            for topic in &spec.topics {
-                if !topics.iter().any(|t| &t.name == topic) {
+            // Each topic, and its dead-letter destination, so that the first dead letter does
+            // not wait for the topic to be created. A pattern (RabbitMQ's `orders.*`) has no
+            // destination of its own: its dead letters go by the topic they came from.
+            let dead_letters = spec
+                .topics
+                .iter()
+                .filter(|t| !t.contains(['*', '#']))
+                .filter_map(|t| dead_letter::destination(&spec.dead_letter, t));
+            for topic in spec.topics.iter().cloned().chain(dead_letters) {
+                if !topics.iter().any(|t| t.name == topic) {
                     topics.push(TopicSpec {
-                        name: topic.clone(),
+                        name: topic,
                         partitions: spec.partitions,
                     });
                 }
@@ -212,6 +220,7 @@ impl AppBuilder {
                     state: Arc::clone(&state),
                     stats: Arc::clone(&stats),
                     retry: spec.retry.clone(),
+                    dead_letter: spec.dead_letter.clone(),
                 }),
                 ordering: spec.ordering,
                 concurrency: spec.concurrency,
@@ -287,11 +296,11 @@ fn check(sub: &Subscription, state: &StateMap) -> Result<(), StartError> {
             });
         }
     }
-    if spec.dead_letter != DeadLetter::Default {
-        return Err(unsupported(
-            "dead_letter",
-            "dead-letter routing is not built yet; failed messages are logged and skipped",
-        ));
+    if matches!(&spec.dead_letter, DeadLetter::Topic(t) if t.is_empty()) {
+        return Err(StartError::Invalid {
+            subscription: name(),
+            reason: "dead_letter: the destination name is empty".into(),
+        });
     }
     if spec.dedup.is_some() {
         return Err(unsupported(

@@ -41,22 +41,25 @@ impl FailureKind {
 pub struct HandlerError {
     kind: FailureKind,
     source: Box<dyn StdError + Send + Sync>,
+    type_name: &'static str,
 }
 
 impl HandlerError {
     /// A failure that another attempt may not repeat.
-    pub fn transient(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+    pub fn transient<S: Into<Box<dyn StdError + Send + Sync>>>(source: S) -> Self {
         Self {
             kind: FailureKind::Transient,
             source: source.into(),
+            type_name: std::any::type_name::<S>(),
         }
     }
 
     /// A failure that every attempt would repeat.
-    pub fn permanent(source: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+    pub fn permanent<S: Into<Box<dyn StdError + Send + Sync>>>(source: S) -> Self {
         Self {
             kind: FailureKind::Permanent,
             source: source.into(),
+            type_name: std::any::type_name::<S>(),
         }
     }
 
@@ -65,6 +68,7 @@ impl HandlerError {
         Self {
             kind: FailureKind::Decode,
             source: Box::new(source),
+            type_name: std::any::type_name::<DecodeError>(),
         }
     }
 
@@ -76,6 +80,18 @@ impl HandlerError {
     /// Whether another attempt may succeed.
     pub fn is_transient(&self) -> bool {
         self.kind == FailureKind::Transient
+    }
+
+    /// The Rust type the failure was made from (`std::io::error::Error`, `&str`): what a dead
+    /// letter reports as the error type.
+    ///
+    /// ```
+    /// use anybus::HandlerError;
+    /// let e: HandlerError = std::io::Error::other("db down").into();
+    /// assert_eq!(e.type_name(), "std::io::error::Error");
+    /// ```
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
     }
 
     /// The underlying error.

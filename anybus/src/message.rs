@@ -22,6 +22,29 @@ pub mod header {
     pub const ERROR: &str = "anybus-error";
     /// The delivery attempt anybus counts itself (1 for the first delivery).
     pub const ATTEMPT: &str = "anybus-attempt";
+
+    /// On a dead letter: why it is one, `decode`, `permanent` or `attempts-exhausted`.
+    pub const DLQ_REASON: &str = "anybus-dlq-reason";
+    /// On a dead letter: the last error's message, cut to at most 1,024 bytes.
+    pub const DLQ_ERROR: &str = "anybus-dlq-error";
+    /// On a dead letter: the Rust type of the last error's source (`std::io::error::Error`).
+    pub const DLQ_ERROR_TYPE: &str = "anybus-dlq-error-type";
+    /// On a dead letter: the topic the message was consumed from.
+    pub const DLQ_TOPIC: &str = "anybus-dlq-topic";
+    /// On a dead letter: the partition it was consumed from, where the broker has partitions.
+    pub const DLQ_PARTITION: &str = "anybus-dlq-partition";
+    /// On a dead letter: its offset in that partition, where the broker has offsets.
+    pub const DLQ_OFFSET: &str = "anybus-dlq-offset";
+    /// On a dead letter: the message key, when it had one (the dead letter keeps the key too).
+    pub const DLQ_KEY: &str = "anybus-dlq-key";
+    /// On a dead letter: the consumer group that gave up on it.
+    pub const DLQ_GROUP: &str = "anybus-dlq-group";
+    /// On a dead letter: how many attempts were made.
+    pub const DLQ_ATTEMPTS: &str = "anybus-dlq-attempts";
+    /// On a dead letter: when its first attempt failed, in milliseconds since the Unix epoch.
+    pub const DLQ_FIRST_FAILURE_MS: &str = "anybus-dlq-first-failure-ms";
+    /// On a dead letter: when it was dead-lettered, in milliseconds since the Unix epoch.
+    pub const DLQ_DEAD_LETTERED_MS: &str = "anybus-dlq-dead-lettered-ms";
 }
 
 /// The unique id every published message carries (a UUID v7, so ids sort by creation time).

@@ -39,6 +39,8 @@ pub struct SubscriptionStats {
     pub retries: AtomicU64,
     /// Payloads that did not decode.
     pub decode_failures: AtomicU64,
+    /// Messages sent to their dead-letter destination.
+    pub dead_lettered: AtomicU64,
     /// Partitions rewound by a nack.
     pub redeliveries: AtomicU64,
     /// Acks and nacks dropped because their generation was no longer live.
@@ -63,6 +65,7 @@ impl Default for SubscriptionStats {
             permanent_failures: AtomicU64::default(),
             retries: AtomicU64::default(),
             decode_failures: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
             redeliveries: AtomicU64::default(),
             stale_settlements: AtomicU64::default(),
             skipped_stale: AtomicU64::default(),
@@ -83,6 +86,7 @@ impl SubscriptionStats {
             permanent_failures: get(&self.permanent_failures),
             retries: get(&self.retries),
             decode_failures: get(&self.decode_failures),
+            dead_lettered: get(&self.dead_lettered),
             redeliveries: get(&self.redeliveries),
             stale_settlements: get(&self.stale_settlements),
             skipped_stale: get(&self.skipped_stale),
@@ -141,6 +145,8 @@ pub struct StatsSnapshot {
     pub retries: u64,
     /// See [`SubscriptionStats::decode_failures`].
     pub decode_failures: u64,
+    /// See [`SubscriptionStats::dead_lettered`].
+    pub dead_lettered: u64,
     /// See [`SubscriptionStats::redeliveries`].
     pub redeliveries: u64,
     /// See [`SubscriptionStats::stale_settlements`].

@@ -90,12 +90,6 @@ async fn options_not_built_yet_are_refused_by_name() {
         ),
         (
             Subscription::builder(["t"])
-                .dead_letter(DeadLetter::Topic("t.dlq".into()))
-                .handler(ok),
-            "dead_letter",
-        ),
-        (
-            Subscription::builder(["t"])
                 .dedup(DedupKey::MessageId)
                 .handler(ok),
             "dedup",
@@ -120,6 +114,43 @@ async fn options_not_built_yet_are_refused_by_name() {
             .is_empty(),
         "nothing was declared or consumed"
     );
+}
+
+#[tokio::test]
+async fn options_that_cannot_work_are_refused_with_the_reason() {
+    let cases: Vec<(Subscription, &str)> = vec![
+        (
+            Subscription::builder(["t"]).concurrency(0).handler(ok),
+            "concurrency must be at least 1",
+        ),
+        (
+            Subscription::builder(["t"])
+                .retry(RetrySpec {
+                    max_attempts: 0,
+                    ..RetrySpec::default()
+                })
+                .handler(ok),
+            "max_attempts must be at least 1",
+        ),
+        (
+            Subscription::builder(["t"])
+                .dead_letter(DeadLetter::Topic(String::new()))
+                .handler(ok),
+            "the destination name is empty",
+        ),
+    ];
+    for (subscription, reason) in cases {
+        let err = refusal(
+            App::builder()
+                .subscribe(subscription)
+                .connect("memory://invalid")
+                .await,
+        );
+        assert!(
+            matches!(&err, StartError::Invalid { reason: r, .. } if r.contains(reason)),
+            "{err:?}"
+        );
+    }
 }
 
 #[tokio::test]

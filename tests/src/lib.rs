@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anybus::{
-    App, AppBuilder, HandlerError, Headers, Message, MessageId, Ordering, StatsSnapshot,
-    Subscription,
+    header, App, AppBuilder, Context, DeadLetter, HandlerError, Headers, Message, MessageId,
+    Ordering, RetrySpec, StatsSnapshot, Subscription,
 };
 use bytes::Bytes;
 use tokio::sync::{mpsc, Barrier, Semaphore};
@@ -957,6 +957,227 @@ pub async fn a_hot_key_holds_back_fetching_within_the_cap(env: &Env) -> StatsSna
     stats
 }
 
+/// Reads what arrives on a dead-letter destination.
+fn dead_letter_reader(env: &Env, destination: &str) -> (Subscription, Inbox<Message>) {
+    let (tx, inbox) = Inbox::new();
+    let subscription = Subscription::builder([destination])
+        .name("dead-letters")
+        .group(env.unique("dlq-reader"))
+        .partitions(env.partitions)
+        .dead_letter(DeadLetter::Disabled)
+        .handler(reporting(tx));
+    (subscription, inbox)
+}
+
+/// A header of a dead letter, as text.
+fn dlq_header<'a>(letter: &'a Message, name: &str) -> &'a str {
+    letter
+        .headers()
+        .get_str(name)
+        .unwrap_or_else(|| panic!("the dead letter has no {name} header: {letter:?}"))
+}
+
+/// An undecodable payload goes to `{topic}.dlq` with reason `decode`, its bytes, key and headers
+/// untouched, and the messages after it in its partition are still handled.
+pub async fn undecodable_payload_is_dead_lettered(env: &Env) {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        n: u32,
+    }
+    let topic = env.unique("dlq-decode");
+    let group = env.unique("g");
+    let (reader, mut dead) = dead_letter_reader(env, &format!("{topic}.dlq"));
+    let (tx, mut inbox) = Inbox::new();
+    let app = env
+        .start(vec![
+            reader,
+            Subscription::builder([&topic])
+                .name("typed")
+                .group(&group)
+                .partitions(env.partitions)
+                .handler(move |e: Event| {
+                    let _ = tx.send(e.n);
+                    std::future::ready(Ok::<(), HandlerError>(()))
+                }),
+        ])
+        .await;
+    wait_assignment(&app, "dead-letters", "the dead-letter reader", |n| n > 0).await;
+    let publisher = app.publisher();
+    let mut headers = Headers::new();
+    headers.append("trace", Bytes::from_static(b"t-9"));
+    let bad = Message::new(topic.as_str(), Bytes::from_static(b"not json at all"))
+        .with_key("same")
+        .with_headers(headers);
+    for message in [
+        Message::new(topic.as_str(), r#"{"n":1}"#).with_key("same"),
+        bad.clone(),
+        Message::new(topic.as_str(), r#"{"n":3}"#).with_key("same"),
+    ] {
+        publisher.send(message).await.expect("publish");
+    }
+    assert_eq!(inbox.take(2, "the decodable events").await, [1, 3]);
+    let letter = dead.next("the dead letter").await;
+    assert_eq!(letter.id(), bad.id());
+    assert_eq!(letter.payload(), bad.payload());
+    assert_eq!(letter.key(), bad.key());
+    assert_eq!(letter.headers().get_str("trace"), Some("t-9"));
+    assert_eq!(dlq_header(&letter, header::DLQ_REASON), "decode");
+    assert_eq!(dlq_header(&letter, header::DLQ_TOPIC), topic);
+    assert_eq!(dlq_header(&letter, header::DLQ_GROUP), group);
+    assert_eq!(dlq_header(&letter, header::DLQ_ATTEMPTS), "1");
+    assert!(
+        dlq_header(&letter, header::DLQ_ERROR).contains("expected"),
+        "{letter:?}"
+    );
+    // 3 ran after the bad payload was settled, in the same partition.
+    let stats = app.stats();
+    let typed = stats.iter().find(|s| s.name == "typed").expect("typed");
+    assert_eq!(typed.stats.dead_lettered, 1);
+    app.shutdown().await.expect("shutdown");
+}
+
+/// A handler failing twice and then succeeding is handled on attempt 3 and not dead-lettered.
+pub async fn a_retried_message_succeeds_on_its_third_attempt(env: &Env) {
+    let topic = env.unique("retry-3");
+    let (tx, mut inbox) = Inbox::new();
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("flaky")
+            .group(env.unique("g"))
+            .partitions(env.partitions)
+            .retry(RetrySpec {
+                max_attempts: 5,
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(5),
+                ..RetrySpec::default()
+            })
+            .handler(move |_: Message, ctx: Context| {
+                let attempt = ctx.attempt();
+                let _ = tx.send(attempt);
+                std::future::ready(if attempt < 3 {
+                    Err(HandlerError::transient(std::io::Error::other("not yet")))
+                } else {
+                    Ok(())
+                })
+            })])
+        .await;
+    publish_numbered(&app, &topic, 1, 1).await;
+    assert_eq!(inbox.take(3, "three attempts").await, [1, 2, 3]);
+    // Both retries were counted before the third attempt ran.
+    let stats = app.stats()[0].stats;
+    assert_eq!(stats.retries, 2, "{stats:?}");
+    app.shutdown().await.expect("shutdown");
+    assert!(inbox.drain_ready().is_empty(), "a fourth attempt");
+}
+
+/// A handler that always fails transiently is dead-lettered after the policy's last attempt, a
+/// permanent failure at once, each with every metadata header, to the named destination.
+pub async fn failures_are_dead_lettered_with_their_metadata(env: &Env) {
+    const ATTEMPTS: u32 = 3;
+    let topic = env.unique("dlq-fail");
+    let group = env.unique("g");
+    let destination = env.unique("failed");
+    let (reader, mut dead) = dead_letter_reader(env, &destination);
+    let app = env
+        .start(vec![
+            reader,
+            Subscription::builder([&topic])
+                .name("failing")
+                .group(&group)
+                .partitions(env.partitions)
+                .dead_letter(DeadLetter::Topic(destination.clone()))
+                .retry(RetrySpec {
+                    max_attempts: ATTEMPTS,
+                    initial: Duration::from_millis(1),
+                    max: Duration::from_millis(5),
+                    ..RetrySpec::default()
+                })
+                .handler(move |m: Message| {
+                    std::future::ready(Err::<(), _>(if m.payload() == "permanent" {
+                        HandlerError::permanent(std::io::Error::other("unknown sku"))
+                    } else {
+                        HandlerError::transient(std::io::Error::other("database down"))
+                    }))
+                }),
+        ])
+        .await;
+    wait_assignment(&app, "dead-letters", "the dead-letter reader", |n| n > 0).await;
+    let publisher = app.publisher();
+    let mut sent = BTreeMap::new();
+    for (key, payload) in [("k-1", "transient"), ("k-2", "permanent")] {
+        let message = Message::new(topic.as_str(), payload).with_key(key);
+        let origin = publisher.send(message.clone()).await.expect("publish");
+        sent.insert(message.id(), (message, origin));
+    }
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        - 60_000;
+    for letter in dead.take(2, "the dead letters").await {
+        let (message, origin) = sent.get(&letter.id()).expect("a dead letter of ours");
+        assert_eq!(letter.payload(), message.payload());
+        assert_eq!(letter.key(), message.key());
+        let transient = message.payload() == "transient";
+        let h = |name| dlq_header(&letter, name);
+        assert_eq!(
+            h(header::DLQ_REASON),
+            if transient {
+                "attempts-exhausted"
+            } else {
+                "permanent"
+            }
+        );
+        assert_eq!(
+            h(header::DLQ_ATTEMPTS),
+            if transient { "3" } else { "1" },
+            "attempts"
+        );
+        assert_eq!(
+            h(header::DLQ_ERROR),
+            if transient {
+                "transient failure: database down"
+            } else {
+                "permanent failure: unknown sku"
+            }
+        );
+        assert_eq!(h(header::DLQ_ERROR_TYPE), "std::io::error::Error");
+        assert_eq!(h(header::DLQ_TOPIC), topic);
+        assert_eq!(h(header::DLQ_GROUP), group);
+        assert_eq!(
+            letter.headers().get(header::DLQ_KEY),
+            message.key(),
+            "key header"
+        );
+        let partition = letter.headers().get_str(header::DLQ_PARTITION);
+        let offset = letter.headers().get_str(header::DLQ_OFFSET);
+        assert_eq!(
+            partition.map(str::to_owned),
+            origin.partition.map(|p| p.to_string())
+        );
+        assert_eq!(
+            offset.map(str::to_owned),
+            origin.offset.map(|o| o.to_string())
+        );
+        let ms = |name| -> u128 { h(name).parse().expect("milliseconds") };
+        let (first, dead_at) = (
+            ms(header::DLQ_FIRST_FAILURE_MS),
+            ms(header::DLQ_DEAD_LETTERED_MS),
+        );
+        assert!(before_ms <= first && first <= dead_at, "{first} {dead_at}");
+    }
+    // The retries were counted before the dead letter was sent.
+    let stats = app.stats();
+    let failing = stats.iter().find(|s| s.name == "failing").expect("failing");
+    assert_eq!(
+        failing.stats.retries,
+        u64::from(ATTEMPTS - 1),
+        "{:?}",
+        failing.stats
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
 /// Expands to one `#[tokio::test]` per conformance body, each calling it with `$env`.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -975,6 +1196,9 @@ macro_rules! conformance_suite {
             key_order_is_kept_under_concurrency,
             failed_message_blocks_only_its_key,
             a_hot_key_holds_back_fetching_within_the_cap,
+            undecodable_payload_is_dead_lettered,
+            a_retried_message_succeeds_on_its_third_attempt,
+            failures_are_dead_lettered_with_their_metadata,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

@@ -2,20 +2,25 @@
 //!
 //! [`ordering`] decides what may run at once and feeds deliveries to [`Worker::process`], which
 //! skips deliveries whose partition moved on, opens the delivery's span, runs the handler
-//! (which decodes the payload first), answers requests, and settles: ack on success and on a
-//! permanent failure (logged with the message's origin), nack on a transient one so that the
-//! broker delivers it again.
+//! (which decodes the payload first), answers requests, and settles: ack on success; nack on a
+//! transient failure without a retry policy, so that the broker delivers it again; and for a
+//! message given up on (a permanent failure, an undecodable payload, the last attempt failed)
+//! ack only once its dead letter (see [`dead_letter`]) was confirmed by the broker, or nack if
+//! it was not. With dead letters disabled the failure is logged with the message's origin and
+//! the message acked.
 //!
 //! With an in-process retry policy, a transient failure is tried again in place after a
 //! backoff, up to the policy's attempts: the message holds back only its own lane (partition,
 //! or key under key ordering). The attempt number is anybus's own count, never the broker's.
 
+pub(crate) mod dead_letter;
 pub(crate) mod keys;
 pub(crate) mod ordering;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -27,7 +32,9 @@ use crate::handler::{Handler, Outcome};
 use crate::message::header;
 use crate::observe::{delivery_span, SubscriptionStats};
 use crate::publish::Publisher;
-use crate::subscription::{Backoff, RetrySpec};
+use crate::subscription::{Backoff, DeadLetter, RetrySpec};
+
+use self::dead_letter::{Failure, Reason};
 
 /// Everything needed to handle one subscription's deliveries; shared by its lanes.
 pub(crate) struct Worker {
@@ -40,6 +47,8 @@ pub(crate) struct Worker {
     pub(crate) stats: Arc<SubscriptionStats>,
     /// The in-process retry policy, if any.
     pub(crate) retry: Option<RetrySpec>,
+    /// Where messages given up on go.
+    pub(crate) dead_letter: DeadLetter,
 }
 
 impl Worker {
@@ -60,6 +69,7 @@ impl Worker {
             .and_then(|a| a.parse().ok())
             .unwrap_or(1);
         let mut delays = None;
+        let mut first_failure = None;
         let outcome = loop {
             let ctx = Context::new(
                 Arc::clone(&message),
@@ -69,6 +79,9 @@ impl Worker {
                 Arc::clone(&self.state),
             );
             let outcome = call(ctx).instrument(span.clone()).await;
+            if matches!(outcome, Outcome::Failed(_)) {
+                first_failure.get_or_insert_with(SystemTime::now);
+            }
             let Some(policy) = &self.retry else {
                 break outcome;
             };
@@ -111,24 +124,75 @@ impl Worker {
                 self.settler.nack(&receipt);
             }
             Outcome::Failed(error) => {
-                span.in_scope(|| {
-                    tracing::error!(
-                        origin = %message.origin(),
-                        key = ?message.key(),
-                        kind = error.kind().as_str(),
-                        attempt,
-                        %error,
-                        "message cannot be handled; it is skipped",
-                    );
-                });
                 if error.kind() == FailureKind::Decode {
                     SubscriptionStats::count(&self.stats.decode_failures);
                 }
                 SubscriptionStats::count(&self.stats.permanent_failures);
+                let failure = Failure {
+                    error: &error,
+                    group: &self.group,
+                    attempts: attempt,
+                    first_failure: first_failure.unwrap_or_else(SystemTime::now),
+                    now: SystemTime::now(),
+                };
+                if !self
+                    .give_up(&message, &failure)
+                    .instrument(span.clone())
+                    .await
+                {
+                    // The dead letter was not confirmed: keep the message, it comes again.
+                    self.settler.nack(&receipt);
+                    return;
+                }
                 self.answer(&message, Err(error.to_string()))
                     .instrument(span)
                     .await;
                 self.settler.ack(&receipt);
+            }
+        }
+    }
+
+    /// Sends a message given up on to its dead-letter destination, or logs and skips it when
+    /// dead letters are disabled. `false` when the dead letter could not be published.
+    async fn give_up(&self, message: &crate::Message, failure: &Failure<'_>) -> bool {
+        let error = failure.error;
+        let reason = Reason::of(error.kind()).as_str();
+        let Some(to) = dead_letter::destination(&self.dead_letter, message.topic()) else {
+            tracing::error!(
+                origin = %message.origin(),
+                key = ?message.key(),
+                reason,
+                attempts = failure.attempts,
+                %error,
+                "message cannot be handled; dead letters are disabled, so it is skipped",
+            );
+            return true;
+        };
+        let letter = dead_letter::dead_letter(message, &to, failure);
+        match self.publisher.send(letter).await {
+            Ok(_) => {
+                SubscriptionStats::count(&self.stats.dead_lettered);
+                tracing::warn!(
+                    origin = %message.origin(),
+                    key = ?message.key(),
+                    reason,
+                    attempts = failure.attempts,
+                    dead_letter = %to,
+                    %error,
+                    "message cannot be handled; it went to its dead-letter destination",
+                );
+                true
+            }
+            Err(publish) => {
+                tracing::error!(
+                    origin = %message.origin(),
+                    reason,
+                    dead_letter = %to,
+                    %error,
+                    %publish,
+                    "message cannot be handled and its dead letter was not confirmed; it will be delivered again",
+                );
+                false
             }
         }
     }
