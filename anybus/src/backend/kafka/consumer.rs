@@ -182,27 +182,39 @@ fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Message {
     )
 }
 
+/// How long the poll thread waits for room in the runtime's channel before it pauses fetching.
+pub(super) const PAUSE_AFTER: Duration = Duration::from_millis(250);
+
 /// Polls until closed: performs seeks asked for by nacks, commits periodically, and hands
 /// fetched messages to the runtime.
 ///
-/// When the runtime's channel is full (the subscription holds as much as it may buffer), the
-/// thread does not block on it: it pauses fetching for the whole assignment and keeps polling
-/// for rebalance events and committing, then resumes once the runtime made room. librdkafka
-/// drops what it had fetched ahead for paused partitions and fetches again from the last message
-/// it returned, so nothing is skipped.
+/// When the runtime's channel stays full for [`PAUSE_AFTER`] (the subscription holds as much as
+/// it may buffer, e.g. a hot key is stuck), the thread does not go on blocking on it, which would
+/// also stop it from serving rebalances and committing: it pauses fetching for the whole
+/// assignment and keeps polling for rebalance events and committing, then resumes once the
+/// runtime made room. librdkafka drops what it had fetched ahead for paused partitions and
+/// fetches again from the last message it returned, so nothing is skipped.
 pub(super) fn poll_loop(
     consumer: BaseConsumer<KafkaContext>,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Vec<Delivery>>,
     commit_interval: Duration,
     batch_size: usize,
+    runtime: tokio::runtime::Handle,
 ) {
     let mut last_commit = Instant::now();
     let mut paused = false;
     // Messages returned while the channel was full: sent first once there is room.
     let mut held: Vec<Delivery> = Vec::new();
     while !shared.closing.load(Ordering::Acquire) {
-        let full = tx.capacity() == 0;
+        // A full channel is the runtime's ordinary backpressure: wait a little for room, keeping
+        // librdkafka's prefetched messages; only a runtime that takes nothing for that long
+        // makes the thread pause (which drops the prefetched messages, to be fetched again).
+        let full = tx.capacity() == 0
+            && (paused
+                || runtime
+                    .block_on(async { tokio::time::timeout(PAUSE_AFTER, tx.reserve()).await })
+                    .is_err());
         if paused && !full {
             set_paused(&consumer, false);
             paused = false;

@@ -162,6 +162,7 @@ impl KafkaBackend {
             self.create_topics(&[TopicSpec {
                 name: topic.clone(),
                 partitions: None,
+                keep_for: None,
             }])
             .await
             .map_err(|e| PublishError::Rejected {
@@ -236,9 +237,12 @@ impl KafkaBackend {
         let batch = config.batch.max(1);
         let commit_interval = self.config.commit_interval;
         let thread_shared = Arc::clone(&shared);
+        let runtime = tokio::runtime::Handle::current();
         let thread = std::thread::Builder::new()
             .name(format!("anybus-kafka-{}", config.group))
-            .spawn(move || consumer::poll_loop(consumer, thread_shared, tx, commit_interval, batch))
+            .spawn(move || {
+                consumer::poll_loop(consumer, thread_shared, tx, commit_interval, batch, runtime)
+            })
             .map_err(|e| failed(format!("cannot start the poll thread: {e}")))?;
         Ok(Box::new(KafkaConsumer {
             rx,
