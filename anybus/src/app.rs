@@ -36,6 +36,7 @@ use crate::observe::{StatsSnapshot, SubscriptionStats, TopicPartition};
 use crate::pipeline::ordering::Dispatch;
 use crate::pipeline::{dead_letter, Worker};
 use crate::publish::{Publisher, Replies};
+use crate::replay::replay_group;
 use crate::subscription::{DeadLetter, Ordering, RetryMode, Subscription, SubscriptionSpec};
 use crate::url::{BrokerUrl, ConnectError};
 
@@ -143,16 +144,20 @@ impl AppBuilder {
             // Each topic, and its dead-letter destination, so that the first dead letter does
             // not wait for the topic to be created. A pattern (RabbitMQ's `orders.*`) has no
             // destination of its own: its dead letters go by the topic they came from.
+            // Dead letters are kept for their replay group from the start.
             let dead_letters = spec
                 .topics
                 .iter()
                 .filter(|t| !t.contains(['*', '#']))
-                .filter_map(|t| dead_letter::destination(&spec.dead_letter, t));
-            for topic in spec.topics.iter().cloned().chain(dead_letters) {
+                .filter_map(|t| dead_letter::destination(&spec.dead_letter, t))
+                .map(|d| (Some(replay_group(&d)), d));
+            let own = spec.topics.iter().map(|t| (None, t.clone()));
+            for (keep_for, topic) in own.chain(dead_letters) {
                 if !topics.iter().any(|t| t.name == topic) {
                     topics.push(TopicSpec {
                         name: topic,
                         partitions: spec.partitions,
+                        keep_for,
                     });
                 }
             }
@@ -161,6 +166,7 @@ impl AppBuilder {
         topics.push(TopicSpec {
             name: reply_topic.clone(),
             partitions: Some(1),
+            keep_for: None,
         });
         backend
             .declare(&topics)

@@ -55,6 +55,7 @@ mod message;
 pub mod observe;
 mod pipeline;
 mod publish;
+mod replay;
 mod subscription;
 mod url;
 
@@ -69,6 +70,7 @@ pub use crate::error::{FailureKind, HandlerError};
 pub use crate::message::{header, Headers, Message, MessageId, Origin};
 pub use crate::observe::{StatsSnapshot, TopicPartition};
 pub use crate::publish::{Publisher, RequestError};
+pub use crate::replay::{replay, replay_group, restore_dead_letter, REPLAY_SUBSCRIPTION};
 pub use crate::subscription::{
     Backoff, DeadLetter, DedupKey, Ordering, RetryMode, RetrySpec, Subscription,
     SubscriptionBuilder, SubscriptionSpec,

@@ -1178,6 +1178,60 @@ pub async fn failures_are_dead_lettered_with_their_metadata(env: &Env) {
     app.shutdown().await.expect("shutdown");
 }
 
+/// A dead letter replayed with [`anybus::replay`] comes back to its topic with its id, key,
+/// payload and headers, without the dead-letter metadata, and is handled.
+pub async fn a_replayed_dead_letter_is_handled(env: &Env) {
+    let topic = env.unique("replay");
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let (tx, mut inbox) = Inbox::new();
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("picky")
+            .group(env.unique("g"))
+            .partitions(env.partitions)
+            .handler(move |m: Message| {
+                // Refuses a message the first time it sees it.
+                let first = seen.lock().expect("lock").insert(m.id());
+                let _ = tx.send((m, first));
+                std::future::ready(if first {
+                    Err(HandlerError::permanent(std::io::Error::other(
+                        "refused until replayed",
+                    )))
+                } else {
+                    Ok(())
+                })
+            })])
+        .await;
+    let mut headers = Headers::new();
+    headers.append("trace", Bytes::from_static(b"t-3"));
+    let sent = Message::new(topic.as_str(), "payload")
+        .with_key("user-3")
+        .with_headers(headers);
+    app.publisher().send(sent.clone()).await.expect("publish");
+    let (refused, first) = inbox.next("the first delivery").await;
+    assert!(first && refused.id() == sent.id());
+
+    // The replay starts after the dead letter may already be there: its group kept it.
+    let replayer = env
+        .start(vec![anybus::replay(&format!("{topic}.dlq"))])
+        .await;
+    let (replayed, first) = inbox.next("the replayed message").await;
+    assert!(!first, "the replayed message is the one refused");
+    assert_eq!(replayed.id(), sent.id());
+    assert_eq!(replayed.key(), sent.key());
+    assert_eq!(replayed.payload(), sent.payload());
+    assert_eq!(replayed.headers().get_str("trace"), Some("t-3"));
+    assert!(
+        replayed
+            .headers()
+            .iter()
+            .all(|(name, _)| !name.starts_with("anybus-dlq-")),
+        "{replayed:?}"
+    );
+    replayer.shutdown().await.expect("shutdown the replayer");
+    app.shutdown().await.expect("shutdown");
+}
+
 /// Expands to one `#[tokio::test]` per conformance body, each calling it with `$env`.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -1199,6 +1253,7 @@ macro_rules! conformance_suite {
             undecodable_payload_is_dead_lettered,
             a_retried_message_succeeds_on_its_third_attempt,
             failures_are_dead_lettered_with_their_metadata,
+            a_replayed_dead_letter_is_handled,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

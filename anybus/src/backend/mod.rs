@@ -83,6 +83,10 @@ pub struct TopicSpec {
     pub name: String,
     /// Partitions for a new topic; `None` leaves it to the backend's default.
     pub partitions: Option<u32>,
+    /// A consumer group that must get every message published to the topic from now on, even
+    /// before any member of it starts: RabbitMQ declares the group's queue now. (A partitioned
+    /// log keeps every message anyway, and a new group reads it from the start.)
+    pub keep_for: Option<String>,
 }
 
 /// What a consumer is opened for.

@@ -185,7 +185,10 @@ impl Link {
 }
 
 /// Declares `topology` on a channel of its own.
-async fn declare(connection: &Connection, topology: &Topology) -> Result<(), SetupError> {
+pub(super) async fn declare(
+    connection: &Connection,
+    topology: &Topology,
+) -> Result<(), SetupError> {
     let channel = connection
         .create_channel()
         .await

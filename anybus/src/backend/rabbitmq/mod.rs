@@ -17,6 +17,10 @@
 //!   beyond that the broker refuses such publishes and `publish` fails). A group's queue exists
 //!   from the moment its first member starts: events published before that are in the
 //!   unrouted queue, not in the group's.
+//! - **Dead letters** are events on their dead-letter topic. The replay group of each
+//!   dead-letter topic ([`replay_group`](crate::replay_group)) has its queue declared when an
+//!   app that may dead-letter to it starts, so that queue holds every dead letter for
+//!   [`replay`](crate::replay()), whether or not a replay ever ran.
 //! - **Request/reply** uses the runtime's private reply topic per app (`anybus.replies.<uuid>`),
 //!   whose queue is named after it, is not durable, and expires a minute after its app is gone.
 //!
@@ -104,6 +108,7 @@ use self::connection::Link;
 use self::consumer::RabbitConsumer;
 use self::publisher::Publisher;
 use self::target::Target;
+use self::topology::Topology;
 use super::{Backend, BackendError, Consumer, ConsumerConfig, PublishError, TopicSpec};
 use crate::handler::BoxFuture;
 use crate::message::{Message, Origin};
@@ -132,15 +137,35 @@ impl Backend for RabbitBackend {
     }
 
     /// Topics need no declaration of their own: the events exchange routes any topic, and
-    /// queues are declared per group when a consumer starts. Checks that the names fit AMQP.
+    /// queues are declared per group when a consumer starts. Checks that the names fit AMQP, and
+    /// declares now the queue of a topic's `keep_for` group (a dead-letter topic's replay
+    /// group), remembered for every new connection like a consumer's.
     fn declare<'a>(&'a self, topics: &'a [TopicSpec]) -> BoxFuture<'a, Result<(), BackendError>> {
-        let checked = topics.iter().try_for_each(|topic| {
-            topology::check_name("topic", &topic.name).map_err(|e| BackendError::Declare {
+        Box::pin(async move {
+            let refused = |topic: &TopicSpec, reason: String| BackendError::Declare {
                 topic: topic.name.clone(),
-                reason: e.to_string(),
-            })
-        });
-        Box::pin(std::future::ready(checked))
+                reason,
+            };
+            for topic in topics {
+                topology::check_name("topic", &topic.name)
+                    .map_err(|e| refused(topic, e.to_string()))?;
+                let Some(group) = &topic.keep_for else {
+                    continue;
+                };
+                let (kept, _) = Topology::for_group(group, std::slice::from_ref(&topic.name))
+                    .map_err(|e| refused(topic, e.to_string()))?;
+                let session = self
+                    .link
+                    .session()
+                    .await
+                    .map_err(|e| refused(topic, e.to_string()))?;
+                connection::declare(&session.connection, &kept)
+                    .await
+                    .map_err(|e| refused(topic, self.link.target().scrub(&e.to_string())))?;
+                self.link.remember(&kept);
+            }
+            Ok(())
+        })
     }
 
     fn consume(
