@@ -32,6 +32,16 @@ pub(crate) fn url() -> String {
         .unwrap_or_else(|_| "kafka://127.0.0.1:9092?fetch.wait.max.ms=10".into())
 }
 
+/// [`url`] for a publisher whose every produce request holds one message. Tansu loses the rest
+/// of a produced batch when a consumer fetches from an offset inside it (KAFKA_BROKER.md), and
+/// a consumer that pauses fetching (a full key-ordered or partition lane) resumes from exactly
+/// such an offset; rows that make the consumer pause publish this way.
+pub(crate) fn one_message_batches_url() -> String {
+    let url = url();
+    let joiner = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joiner}batch.num.messages=1")
+}
+
 fn bootstrap() -> String {
     let url = url();
     let rest = url.trim_start_matches("kafka://");

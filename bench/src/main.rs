@@ -7,6 +7,7 @@
 //! cargo run --release -p anybus-bench --features kafka      # + Kafka rows (broker on :9092)
 //! cargo run --release -p anybus-bench --features rabbitmq   # + RabbitMQ rows (broker on :5672)
 //! cargo run --release -p anybus-bench -- ordering           # the ordering rows alone (+ Kafka with the feature)
+//! cargo run --release -p anybus-bench -- retry              # the retry rows alone (+ brokers with the features)
 //! cargo run --release -p anybus-bench -- scenario end-to-end raw 1 multi 20   # one scenario, for perf
 //! ```
 //!
@@ -32,6 +33,8 @@
 //! * **Ordering** (see `ordering.rs`): Confluent Parallel Consumer's scenario, 10,000 messages in
 //!   one partition with 0–5 ms of timer work each at concurrency 100, under partition, key and
 //!   no ordering; wall time against the ideal, on memory and (with the feature) on Kafka.
+//! * **Retry** (see `retry.rs`): consume throughput with 1 % of the messages failing once and
+//!   retried in process, against none failing, on memory and on each broker compiled in.
 
 mod alloc;
 #[cfg(feature = "kafka")]
@@ -40,6 +43,7 @@ mod memory;
 mod ordering;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
+mod retry;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -612,6 +616,7 @@ fn main() {
         Flavor::MultiThread.runtime().block_on(ordering::rows(
             "memory",
             &url,
+            &url,
             |_| async {},
             &mut baselines,
             &mut rows,
@@ -621,11 +626,48 @@ fn main() {
     if only.is_empty() || only == "kafka" {
         kafka::rows(&Flavor::MultiThread.runtime(), &mut rows);
     }
+    if only.is_empty() || only == "memory" || only == "retry" {
+        let url = format!("memory://bench-retry-{}", anybus::MessageId::new());
+        Flavor::MultiThread.runtime().block_on(retry::rows(
+            "memory",
+            &url,
+            &url,
+            |_| async {},
+            100_000,
+            3,
+            &mut rows,
+        ));
+    }
+    #[cfg(feature = "kafka")]
+    if only.is_empty() || only == "kafka" || only == "retry" {
+        Flavor::MultiThread.runtime().block_on(retry::rows(
+            "kafka",
+            &kafka::url(),
+            &kafka::one_message_batches_url(),
+            |topic| async move { kafka::create_topic(&topic, 4).await },
+            20_000,
+            2,
+            &mut rows,
+        ));
+    }
+    #[cfg(feature = "rabbitmq")]
+    if only.is_empty() || only == "rabbitmq" || only == "retry" {
+        Flavor::MultiThread.runtime().block_on(retry::rows(
+            "rabbitmq",
+            &rabbitmq::url(),
+            &rabbitmq::url(),
+            |_| async {},
+            20_000,
+            2,
+            &mut rows,
+        ));
+    }
     #[cfg(feature = "kafka")]
     if only.is_empty() || only == "kafka" || only == "ordering" {
         Flavor::MultiThread.runtime().block_on(ordering::rows(
             "kafka",
             &kafka::url(),
+            &kafka::one_message_batches_url(),
             |topic| async move { kafka::create_topic(&topic, 1).await },
             &mut baselines,
             &mut rows,

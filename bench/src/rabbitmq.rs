@@ -31,7 +31,7 @@ const WINDOW: usize = 256;
 const PREFETCH: u16 = 32;
 const EXCHANGE: &str = "anybus";
 
-fn url() -> String {
+pub(crate) fn url() -> String {
     std::env::var("ANYBUS_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
