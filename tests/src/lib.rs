@@ -570,6 +570,16 @@ pub async fn shutdown_drains_and_loses_nothing(env: &Env) {
 
 /// A member that leaves mid-stream loses nothing: every message is handled at least once.
 pub async fn member_leaving_mid_stream_loses_nothing(env: &Env) {
+    member_leaves_mid_stream(env, Ordering::Partition).await;
+}
+
+/// [`member_leaving_mid_stream_loses_nothing`] under key ordering: the leaving member drains the
+/// key lanes of the partitions it gives up, and the new owner gets what they did not finish.
+pub async fn key_ordered_member_leaving_mid_stream_loses_nothing(env: &Env) {
+    member_leaves_mid_stream(env, Ordering::Key).await;
+}
+
+async fn member_leaves_mid_stream(env: &Env, ordering: Ordering) {
     const N: usize = 200;
     let topic = env.unique("leave");
     let group = env.unique("g");
@@ -579,6 +589,8 @@ pub async fn member_leaving_mid_stream_loses_nothing(env: &Env) {
             .name("member")
             .group(&group)
             .partitions(env.partitions)
+            .ordering(ordering)
+            .concurrency(8)
             .handler(move |m: Message| {
                 let tx = tx.clone();
                 async move {
@@ -1254,6 +1266,7 @@ macro_rules! conformance_suite {
             a_retried_message_succeeds_on_its_third_attempt,
             failures_are_dead_lettered_with_their_metadata,
             a_replayed_dead_letter_is_handled,
+            key_ordered_member_leaving_mid_stream_loses_nothing,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {
