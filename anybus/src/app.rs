@@ -34,7 +34,7 @@ use crate::context::StateMap;
 use crate::message::MessageId;
 use crate::observe::{StatsSnapshot, SubscriptionStats, TopicPartition};
 use crate::pipeline::ordering::Dispatch;
-use crate::pipeline::{dead_letter, Worker};
+use crate::pipeline::{dead_letter, redeliver, Worker};
 use crate::publish::{Publisher, Replies};
 use crate::replay::replay_group;
 use crate::subscription::{DeadLetter, Ordering, RetryMode, Subscription, SubscriptionSpec};
@@ -151,8 +151,11 @@ impl AppBuilder {
                 .filter(|t| !t.contains(['*', '#']))
                 .filter_map(|t| dead_letter::destination(&spec.dead_letter, t))
                 .map(|d| (Some(replay_group(&d)), d));
-            let own = spec.topics.iter().map(|t| (None, t.clone()));
-            for (keep_for, topic) in own.chain(dead_letters) {
+            let consumed = consumed_topics(spec)
+                .into_iter()
+                .filter(|t| !t.contains(['*', '#']) || spec.topics.contains(t))
+                .map(|t| (None, t));
+            for (keep_for, topic) in consumed.chain(dead_letters) {
                 if !topics.iter().any(|t| t.name == topic) {
                     topics.push(TopicSpec {
                         name: topic,
@@ -191,6 +194,7 @@ impl AppBuilder {
                 prefetch: self.batch,
                 drain_timeout: self.drain_timeout,
                 stats: reply_stats,
+                delayed: Vec::new(),
             })
             .await
             .map_err(|source| StartError::Backend {
@@ -205,11 +209,12 @@ impl AppBuilder {
             let consumer = backend
                 .consume(ConsumerConfig {
                     group: spec.group.clone(),
-                    topics: spec.topics.clone(),
+                    topics: consumed_topics(&spec),
                     batch: self.batch,
                     prefetch: prefetch(&spec, self.max_buffered),
                     drain_timeout: self.drain_timeout,
                     stats: Arc::clone(&stats),
+                    delayed: consumed_topics(&spec)[spec.topics.len()..].to_vec(),
                 })
                 .await
                 .map_err(|source| StartError::Backend {
@@ -247,6 +252,25 @@ impl AppBuilder {
             reply_topic,
         })
     }
+}
+
+/// The topics a subscription consumes: its own, and under redeliver-later retries its group's
+/// retry topic of each (see [`redeliver`](crate::pipeline::redeliver)).
+fn consumed_topics(spec: &SubscriptionSpec) -> Vec<String> {
+    let mut topics = spec.topics.clone();
+    if spec
+        .retry
+        .as_ref()
+        .is_some_and(|r| r.mode == RetryMode::Redeliver)
+    {
+        let retries: Vec<String> = spec
+            .topics
+            .iter()
+            .map(|t| redeliver::retry_topic(t, &spec.group))
+            .collect();
+        topics.extend(retries);
+    }
+    topics
 }
 
 /// The window of unacknowledged deliveries a subscription asks the broker for: twice its
@@ -289,12 +313,6 @@ fn check(sub: &Subscription, state: &StateMap) -> Result<(), StartError> {
         });
     }
     if let Some(retry) = &spec.retry {
-        if retry.mode == RetryMode::Redeliver {
-            return Err(unsupported(
-                "retry(mode = \"redeliver\")",
-                "redeliver-later retries are not built yet; use the in-process mode",
-            ));
-        }
         if retry.max_attempts == 0 {
             return Err(StartError::Invalid {
                 subscription: name(),

@@ -69,6 +69,7 @@ pub use crate::context::{Context, Key, State, StateMap};
 pub use crate::error::{FailureKind, HandlerError};
 pub use crate::message::{header, Headers, Message, MessageId, Origin};
 pub use crate::observe::{StatsSnapshot, TopicPartition};
+pub use crate::pipeline::redeliver::retry_topic;
 pub use crate::publish::{Publisher, RequestError};
 pub use crate::replay::{replay, replay_group, restore_dead_letter, REPLAY_SUBSCRIPTION};
 pub use crate::subscription::{

@@ -23,6 +23,14 @@ pub mod header {
     /// The delivery attempt anybus counts itself (1 for the first delivery).
     pub const ATTEMPT: &str = "anybus-attempt";
 
+    /// On a redeliver-later retry copy: when it is due, in milliseconds since the Unix epoch.
+    pub const RETRY_DUE_MS: &str = "anybus-retry-due-ms";
+    /// On a redeliver-later retry copy: the topic the message was first consumed from.
+    pub const RETRY_TOPIC: &str = "anybus-retry-topic";
+    /// On a redeliver-later retry copy: when its first attempt failed, in milliseconds since the
+    /// Unix epoch.
+    pub const RETRY_FIRST_FAILURE_MS: &str = "anybus-retry-first-failure-ms";
+
     /// On a dead letter: why it is one, `decode`, `permanent` or `attempts-exhausted`.
     pub const DLQ_REASON: &str = "anybus-dlq-reason";
     /// On a dead letter: the last error's message, cut to at most 1,024 bytes.

@@ -1244,6 +1244,108 @@ pub async fn a_replayed_dead_letter_is_handled(env: &Env) {
     app.shutdown().await.expect("shutdown");
 }
 
+/// Under `retry(mode = "redeliver")`, a message that failed comes back through its group's
+/// retry topic once due, with the next attempt, while the messages after it in its partition
+/// are handled meanwhile; one that keeps failing is dead-lettered after the last attempt, as a
+/// message of its own topic.
+pub async fn a_redelivered_retry_comes_back_when_due(env: &Env) {
+    const DELAY: Duration = Duration::from_millis(200);
+    let topic = env.unique("redeliver-later");
+    let group = env.unique("g");
+    let (reader, mut dead) = dead_letter_reader(env, &format!("{topic}.dlq"));
+    let (tx, mut inbox) = Inbox::new();
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis()
+    };
+    let app = env
+        .start(vec![
+            reader,
+            Subscription::builder([&topic])
+                .name("later")
+                .group(&group)
+                // One partition: a retry that held its partition back would hold "b" back.
+                .partitions(1)
+                .retry(RetrySpec {
+                    max_attempts: 3,
+                    backoff: anybus::Backoff::Fixed,
+                    initial: DELAY,
+                    max: DELAY,
+                    jitter: false,
+                    mode: anybus::RetryMode::Redeliver,
+                })
+                .handler(move |m: Message, ctx: Context| {
+                    let payload = String::from_utf8_lossy(m.payload()).into_owned();
+                    let attempt = ctx.attempt();
+                    let due: Option<u128> = m
+                        .headers()
+                        .get_str(header::RETRY_DUE_MS)
+                        .and_then(|d| d.parse().ok());
+                    let fail = payload == "c" || (payload == "a" && attempt == 1);
+                    let _ = tx.send((payload, attempt, now_ms(), due, ctx.topic().to_owned()));
+                    std::future::ready(if fail {
+                        Err(HandlerError::transient(std::io::Error::other("try later")))
+                    } else {
+                        Ok(())
+                    })
+                }),
+        ])
+        .await;
+    wait_assignment(&app, "dead-letters", "the dead-letter reader", |n| n > 0).await;
+    let publisher = app.publisher();
+    for payload in ["a", "b", "c"] {
+        publisher
+            .send(Message::new(topic.as_str(), payload).with_key("one"))
+            .await
+            .expect("publish");
+    }
+    // a1, b1, c1 in partition order; then a2, c2 and c3 through the retry topic.
+    let got = inbox.take(6, "every attempt").await;
+    let seen: Vec<(&str, u32)> = got.iter().map(|(p, a, ..)| (p.as_str(), *a)).collect();
+    assert_eq!(
+        &seen[..3],
+        [("a", 1), ("b", 1), ("c", 1)],
+        "the retries held nothing back"
+    );
+    let mut later: Vec<(&str, u32)> = seen[3..].to_vec();
+    later.sort_unstable();
+    assert_eq!(later, [("a", 2), ("c", 2), ("c", 3)]);
+    let retry_topic = anybus::retry_topic(&topic, &group);
+    for (payload, attempt, at, due, from) in &got {
+        if *attempt == 1 {
+            assert!(due.is_none() && *from == topic, "{payload}: {from}");
+            continue;
+        }
+        let due = due.expect("a retry copy has a due time");
+        let before = got
+            .iter()
+            .find(|(p, a, ..)| p == payload && *a == attempt - 1)
+            .map(|(_, _, at, ..)| *at)
+            .expect("the attempt before");
+        assert!(
+            due >= before + DELAY.as_millis(),
+            "{payload} attempt {attempt}: due {due}, the attempt before at {before}"
+        );
+        assert!(
+            *at >= due,
+            "{payload} attempt {attempt} ran at {at}, before its due {due}"
+        );
+        assert_eq!(*from, retry_topic);
+    }
+    let letter = dead.next("c's dead letter").await;
+    assert_eq!(letter.payload(), "c");
+    assert_eq!(
+        dlq_header(&letter, header::DLQ_REASON),
+        "attempts-exhausted"
+    );
+    assert_eq!(dlq_header(&letter, header::DLQ_ATTEMPTS), "3");
+    assert_eq!(dlq_header(&letter, header::DLQ_TOPIC), topic);
+    assert!(letter.headers().get(header::RETRY_DUE_MS).is_none());
+    app.shutdown().await.expect("shutdown");
+}
+
 /// Expands to one `#[tokio::test]` per conformance body, each calling it with `$env`.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -1267,6 +1369,7 @@ macro_rules! conformance_suite {
             failures_are_dead_lettered_with_their_metadata,
             a_replayed_dead_letter_is_handled,
             key_ordered_member_leaving_mid_stream_loses_nothing,
+            a_redelivered_retry_comes_back_when_due,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

@@ -134,3 +134,56 @@ async fn a_host_that_does_not_answer_fails_within_the_connect_timeout() {
     assert!(took < FAST, "took {took:?}");
     drop(silent);
 }
+
+/// A redeliver-later retry copy waits in its retry topic's wait queue (a per-message TTL that
+/// dead-letters back to the topic), not in a consumer: it comes back expired from that queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_copy_waits_in_the_wait_queue() {
+    use anybus::{Backoff, Context, HandlerError, Message, RetryMode, RetrySpec, Subscription};
+    let env = anybus_conformance::Env::rabbitmq();
+    let topic = env.unique("wait-queue");
+    let group = env.unique("g");
+    let (tx, mut inbox) = anybus_conformance::Inbox::new();
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("waiting")
+            .group(&group)
+            .retry(RetrySpec {
+                max_attempts: 2,
+                backoff: Backoff::Fixed,
+                initial: Duration::from_millis(100),
+                max: Duration::from_millis(100),
+                jitter: false,
+                mode: RetryMode::Redeliver,
+            })
+            .handler(move |m: Message, ctx: Context| {
+                let attempt = ctx.attempt();
+                let _ = tx.send((attempt, m));
+                std::future::ready(if attempt == 1 {
+                    Err(HandlerError::transient(std::io::Error::other("later")))
+                } else {
+                    Ok(())
+                })
+            })])
+        .await;
+    app.publisher()
+        .send(Message::new(topic.as_str(), "x"))
+        .await
+        .expect("publish");
+    let got = inbox.take(2, "both attempts").await;
+    let (attempt, copy) = &got[1];
+    assert_eq!(*attempt, 2);
+    let wait_queue = format!("{}.wait", anybus::retry_topic(&topic, &group));
+    let headers = copy.headers();
+    assert_eq!(
+        headers.get_str("x-first-death-queue"),
+        Some(wait_queue.as_str()),
+        "{copy:?}"
+    );
+    assert_eq!(
+        headers.get_str("x-first-death-reason"),
+        Some("expired"),
+        "{copy:?}"
+    );
+    app.shutdown().await.expect("shutdown");
+}

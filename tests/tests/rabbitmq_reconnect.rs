@@ -197,6 +197,7 @@ fn config(topic: &str, stats: &Arc<SubscriptionStats>) -> ConsumerConfig {
         prefetch: 16,
         drain_timeout: Duration::from_secs(5),
         stats: Arc::clone(stats),
+        delayed: Vec::new(),
     }
 }
 

@@ -108,6 +108,11 @@ pub struct ConsumerConfig {
     pub drain_timeout: Duration,
     /// Counters the backend updates (stale settlements).
     pub stats: Arc<SubscriptionStats>,
+    /// Topics (among `topics`) whose messages may be published with a due time
+    /// ([`header::RETRY_DUE_MS`](crate::header::RETRY_DUE_MS)): redeliver-later retry topics.
+    /// A backend that can hold a message until it is due (RabbitMQ: a wait queue with a
+    /// per-message TTL) prepares that; the others deliver at once and the runtime waits.
+    pub delayed: Vec<String>,
 }
 
 /// Identifies one delivery to the backend that produced it. Opaque to the runtime.

@@ -2,14 +2,18 @@
 //! headers that say why, where it came from, and when.
 //!
 //! The dead letter keeps the message id, so that a replayed dead letter is still recognised by
-//! deduplication. Of the original headers only anybus's own attempt count is dropped: the dead
-//! letter says how many attempts were made in [`header::DLQ_ATTEMPTS`].
+//! deduplication. Of the original headers only anybus's own attempt count and retry headers are
+//! dropped: the dead letter says how many attempts were made in [`header::DLQ_ATTEMPTS`]. A
+//! redeliver-later copy given up on is dead-lettered as the message of the topic it was first
+//! consumed from (its partition and offset are the retry topic's).
 
 use std::time::SystemTime;
 
 use crate::error::{FailureKind, HandlerError};
 use crate::message::{header, Message};
 use crate::subscription::DeadLetter;
+
+use super::redeliver;
 
 /// The most bytes of an error message a dead letter carries.
 pub(crate) const ERROR_BOUND: usize = 1024;
@@ -66,8 +70,16 @@ pub(crate) struct Failure<'a> {
 
 /// The dead letter of `message`, to be published to `to`.
 pub(crate) fn dead_letter(message: &Message, to: &str, failure: &Failure<'_>) -> Message {
+    let topic = redeliver::original_topic(message).to_owned();
     let mut headers = message.headers().clone();
-    headers.remove(header::ATTEMPT);
+    for name in [
+        header::ATTEMPT,
+        header::RETRY_DUE_MS,
+        header::RETRY_TOPIC,
+        header::RETRY_FIRST_FAILURE_MS,
+    ] {
+        headers.remove(name);
+    }
     let origin = message.origin();
     let mut put = |name: &str, value: String| headers.insert(name, value);
     put(
@@ -79,7 +91,7 @@ pub(crate) fn dead_letter(message: &Message, to: &str, failure: &Failure<'_>) ->
         truncate(&failure.error.to_string(), ERROR_BOUND),
     );
     put(header::DLQ_ERROR_TYPE, failure.error.type_name().into());
-    put(header::DLQ_TOPIC, origin.topic.to_string());
+    put(header::DLQ_TOPIC, topic);
     if let Some(partition) = origin.partition {
         put(header::DLQ_PARTITION, partition.to_string());
     }

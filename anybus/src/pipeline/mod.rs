@@ -11,11 +11,14 @@
 //!
 //! With an in-process retry policy, a transient failure is tried again in place after a
 //! backoff, up to the policy's attempts: the message holds back only its own lane (partition,
-//! or key under key ordering). The attempt number is anybus's own count, never the broker's.
+//! or key under key ordering). With a redeliver-later policy it is published to its group's
+//! retry topic instead (see [`redeliver`]). The attempt number is anybus's own count, never the
+//! broker's.
 
 pub(crate) mod dead_letter;
 pub(crate) mod keys;
 pub(crate) mod ordering;
+pub(crate) mod redeliver;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -25,14 +28,14 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::backend::{Delivery, Settler};
+use crate::backend::{Delivery, Receipt, Settler};
 use crate::context::{Context, StateMap};
-use crate::error::FailureKind;
+use crate::error::{FailureKind, HandlerError};
 use crate::handler::{Handler, Outcome};
 use crate::message::header;
 use crate::observe::{delivery_span, SubscriptionStats};
 use crate::publish::Publisher;
-use crate::subscription::{Backoff, DeadLetter, RetrySpec};
+use crate::subscription::{Backoff, DeadLetter, RetryMode, RetrySpec};
 
 use self::dead_letter::{Failure, Reason};
 
@@ -45,7 +48,7 @@ pub(crate) struct Worker {
     pub(crate) publisher: Publisher,
     pub(crate) state: Arc<StateMap>,
     pub(crate) stats: Arc<SubscriptionStats>,
-    /// The in-process retry policy, if any.
+    /// The retry policy, if any.
     pub(crate) retry: Option<RetrySpec>,
     /// Where messages given up on go.
     pub(crate) dead_letter: DeadLetter,
@@ -62,6 +65,16 @@ impl Worker {
             SubscriptionStats::count(&self.stats.skipped_stale);
             return;
         }
+        // A redeliver-later copy waits in its lane until it is due.
+        if let Some(wait) =
+            redeliver::due(&message).and_then(|due| due.duration_since(SystemTime::now()).ok())
+        {
+            tokio::time::sleep(wait).await;
+            if !self.settler.is_current(&receipt) {
+                SubscriptionStats::count(&self.stats.skipped_stale);
+                return;
+            }
+        }
         let span = delivery_span(&message, &self.group, &self.name);
         let mut attempt = message
             .headers()
@@ -69,7 +82,7 @@ impl Worker {
             .and_then(|a| a.parse().ok())
             .unwrap_or(1);
         let mut delays = None;
-        let mut first_failure = None;
+        let mut first_failure = redeliver::first_failure(&message);
         let outcome = loop {
             let ctx = Context::new(
                 Arc::clone(&message),
@@ -82,7 +95,11 @@ impl Worker {
             if matches!(outcome, Outcome::Failed(_)) {
                 first_failure.get_or_insert_with(SystemTime::now);
             }
-            let Some(policy) = &self.retry else {
+            let Some(policy) = self
+                .retry
+                .as_ref()
+                .filter(|p| p.mode == RetryMode::InProcess)
+            else {
                 break outcome;
             };
             let Outcome::Failed(error) = &outcome else {
@@ -106,6 +123,20 @@ impl Worker {
             }
             attempt += 1;
         };
+        if let Outcome::Failed(error) = &outcome {
+            if let Some(policy) = self.redeliver_policy(error, attempt) {
+                let later = Later {
+                    error,
+                    attempt,
+                    wait: redeliver::delay(policy, attempt),
+                    first_failure,
+                };
+                return self
+                    .retry_later(&message, &receipt, later)
+                    .instrument(span)
+                    .await;
+            }
+        }
         match outcome {
             Outcome::Done { reply } => {
                 if let Some(reply) = reply {
@@ -152,12 +183,50 @@ impl Worker {
         }
     }
 
+    /// Publishes the retry copy of a message that failed transiently, and acks the message once
+    /// the copy is confirmed; nacks it if the copy was not.
+    async fn retry_later(&self, message: &crate::Message, receipt: &Receipt, later: Later<'_>) {
+        let now = SystemTime::now();
+        let copy = redeliver::retry_copy(
+            message,
+            &self.group,
+            later.attempt + 1,
+            now + later.wait,
+            later.first_failure.unwrap_or(now),
+        );
+        let to = copy.topic().to_owned();
+        let (error, attempt, wait) = (later.error, later.attempt, later.wait);
+        match self.publisher.send(copy).await {
+            Ok(_) => {
+                tracing::warn!(origin = %message.origin(), %error, attempt, ?wait, retry_topic = %to, "handler failed; the message comes back later");
+                SubscriptionStats::count(&self.stats.retries);
+                self.settler.ack(receipt);
+            }
+            Err(publish) => {
+                tracing::error!(origin = %message.origin(), %error, %publish, retry_topic = %to, "handler failed and its retry copy was not confirmed; the message will be delivered again");
+                SubscriptionStats::count(&self.stats.transient_failures);
+                self.settler.nack(receipt);
+            }
+        }
+    }
+
+    /// The redeliver-later policy under which `error` on attempt `attempt` is tried again.
+    fn redeliver_policy(&self, error: &HandlerError, attempt: u32) -> Option<&RetrySpec> {
+        self.retry.as_ref().filter(|p| {
+            p.mode == RetryMode::Redeliver
+                && error.kind() == FailureKind::Transient
+                && attempt < p.max_attempts
+        })
+    }
+
     /// Sends a message given up on to its dead-letter destination, or logs and skips it when
     /// dead letters are disabled. `false` when the dead letter could not be published.
     async fn give_up(&self, message: &crate::Message, failure: &Failure<'_>) -> bool {
         let error = failure.error;
         let reason = Reason::of(error.kind()).as_str();
-        let Some(to) = dead_letter::destination(&self.dead_letter, message.topic()) else {
+        let Some(to) =
+            dead_letter::destination(&self.dead_letter, redeliver::original_topic(message))
+        else {
             tracing::error!(
                 origin = %message.origin(),
                 key = ?message.key(),
@@ -202,6 +271,14 @@ impl Worker {
             tracing::warn!(%error, "could not send the answer to a request");
         }
     }
+}
+
+/// A transient failure to be retried by redelivery.
+struct Later<'a> {
+    error: &'a HandlerError,
+    attempt: u32,
+    wait: std::time::Duration,
+    first_failure: Option<SystemTime>,
 }
 
 /// The waits between attempts under `policy`: exponential (or fixed) from `initial` up to `max`;

@@ -265,6 +265,7 @@ mod tests {
             prefetch: 64,
             drain_timeout,
             stats: Arc::new(SubscriptionStats::default()),
+            delayed: Vec::new(),
         }
     }
 

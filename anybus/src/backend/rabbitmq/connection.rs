@@ -151,6 +151,15 @@ impl Link {
         }
     }
 
+    /// Whether a remembered topology has the wait queue of `topic`.
+    pub(super) fn waits_for(&self, topic: &str) -> bool {
+        self.remembered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|t| t.waits_for(topic))
+    }
+
     /// Something failed on the connection: the supervisor checks whether it is still open.
     pub(super) fn suspect(&self) {
         self.suspect.notify_one();

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::connection::Link;
 use super::feed::{Feed, Plan};
 use super::generation::ChannelGeneration;
-use super::topology::Topology;
+use super::topology::{self, Topology};
 use crate::backend::{BackendError, Consumer, ConsumerConfig, Delivery, Receipt, Settler};
 use crate::handler::BoxFuture;
 use crate::observe::SubscriptionStats;
@@ -83,13 +83,15 @@ impl RabbitConsumer {
         link: Arc<Link>,
         config: ConsumerConfig,
     ) -> Result<Self, BackendError> {
-        let (topology, sources) =
-            Topology::for_group(&config.group, &config.topics).map_err(|e| {
-                BackendError::Declare {
-                    topic: config.topics.join(","),
-                    reason: e.to_string(),
-                }
-            })?;
+        let refused = |e: topology::TopologyError| BackendError::Declare {
+            topic: config.topics.join(","),
+            reason: e.to_string(),
+        };
+        let (mut topology, sources) =
+            Topology::for_group(&config.group, &config.topics).map_err(refused)?;
+        for topic in &config.delayed {
+            topology.add_wait(topic).map_err(refused)?;
+        }
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (delivery_tx, deliveries) = mpsc::unbounded_channel();
         let settler = Arc::new(QueueSettler {

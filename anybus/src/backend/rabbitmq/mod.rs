@@ -21,6 +21,10 @@
 //!   dead-letter topic ([`replay_group`](crate::replay_group)) has its queue declared when an
 //!   app that may dead-letter to it starts, so that queue holds every dead letter for
 //!   [`replay`](crate::replay()), whether or not a replay ever ran.
+//! - **Redeliver-later retries** go to the group's retry topic through its wait queue,
+//!   `{retry topic}.wait`, declared with the consumer: a retry copy is published there with a
+//!   per-message TTL (`expiration`) until its due time, and the queue dead-letters it back to the
+//!   events exchange with the retry topic as routing key, into the group's retry queue.
 //! - **Request/reply** uses the runtime's private reply topic per app (`anybus.replies.<uuid>`),
 //!   whose queue is named after it, is not durable, and expires a minute after its app is gone.
 //!

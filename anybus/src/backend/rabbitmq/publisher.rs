@@ -24,12 +24,23 @@ use tokio::time::Instant;
 
 use super::connection::{backoff, Link, SetupError};
 use super::properties::{self, Outgoing};
-use super::topology::{Topology, EVENTS_EXCHANGE, UNROUTED_QUEUE};
+use super::topology::{self, Topology, EVENTS_EXCHANGE, UNROUTED_QUEUE};
 use crate::backend::PublishError;
 use crate::message::{Message, Origin};
 
 /// How long a publish waits for the broker (connection, channel, confirm) before it fails.
 pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long until a retry copy is due; `None` for a message that is not one, or is due.
+fn not_due_yet(message: &Message) -> Option<Duration> {
+    let due_ms: u64 = message
+        .headers()
+        .get_str(crate::header::RETRY_DUE_MS)?
+        .parse()
+        .ok()?;
+    let due = std::time::UNIX_EPOCH + Duration::from_millis(due_ms);
+    due.duration_since(std::time::SystemTime::now()).ok()
+}
 
 /// Why one publish attempt did not succeed.
 enum Attempt {
@@ -59,10 +70,19 @@ impl Publisher {
     /// Publishes `message` and waits for the broker's confirmation.
     pub(super) async fn publish(&self, message: Message) -> Result<Origin, PublishError> {
         let topic = message.topic().to_owned();
-        let outgoing = properties::outgoing(&message).map_err(|e| PublishError::Rejected {
+        let mut outgoing = properties::outgoing(&message).map_err(|e| PublishError::Rejected {
             topic: topic.clone(),
             reason: e.to_string(),
         })?;
+        // A retry copy that is not due yet waits in its topic's wait queue, when a consumer of
+        // this app declared one, and comes back to the topic when its TTL runs out.
+        if let Some(wait) = not_due_yet(&message) {
+            if self.link.waits_for(&topic) {
+                outgoing.routing_key = topology::wait_queue(&topic).into();
+                let ms = wait.as_millis().max(1).to_string();
+                outgoing.properties = outgoing.properties.with_expiration(ms.into());
+            }
+        }
         let deadline = Instant::now() + PUBLISH_PATIENCE;
         let mut delays = backoff();
         loop {

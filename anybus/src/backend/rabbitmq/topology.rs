@@ -212,6 +212,41 @@ impl Topology {
         Ok((topology, sources))
     }
 
+    /// Adds the wait queue of `topic` (see [`wait_queue`]): a durable queue bound to the events
+    /// exchange with the routing key `{topic}.wait`, whose messages, once their per-message TTL
+    /// (`expiration`) ran out, are dead-lettered back to the events exchange with `topic` as
+    /// routing key. Redeliver-later retry copies wait there instead of in a consumer.
+    pub fn add_wait(&mut self, topic: &str) -> Result<(), TopologyError> {
+        let queue = wait_queue(topic);
+        check_name("queue", &queue)?;
+        self.add_queue(Queue {
+            name: queue.clone(),
+            durable: true,
+            arguments: vec![
+                (
+                    "x-dead-letter-exchange".into(),
+                    Argument::Text(EVENTS_EXCHANGE.into()),
+                ),
+                (
+                    "x-dead-letter-routing-key".into(),
+                    Argument::Text(topic.into()),
+                ),
+            ],
+        });
+        self.add_binding(Binding {
+            queue: queue.clone(),
+            exchange: EVENTS_EXCHANGE.into(),
+            routing_key: queue,
+        });
+        Ok(())
+    }
+
+    /// Whether this topology has the wait queue of `topic`.
+    pub fn waits_for(&self, topic: &str) -> bool {
+        let queue = wait_queue(topic);
+        self.queues.iter().any(|q| q.name == queue)
+    }
+
     /// What a subscription needs: [`Topology::for_group`] of its group and topics.
     pub fn for_subscription(spec: &SubscriptionSpec) -> Result<Self, TopologyError> {
         Self::for_group(&spec.group, &spec.topics).map(|(topology, _)| topology)
@@ -287,6 +322,11 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+/// The wait queue of `topic`, also its routing key: `{topic}.wait`.
+pub fn wait_queue(topic: &str) -> String {
+    format!("{topic}.wait")
 }
 
 /// The queue of `group` on `topic`.
