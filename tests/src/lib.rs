@@ -1346,6 +1346,67 @@ pub async fn a_redelivered_retry_comes_back_when_due(env: &Env) {
     app.shutdown().await.expect("shutdown");
 }
 
+/// Under partition ordering, a message retried in process holds back only its own partition
+/// (RabbitMQ: its queue): the messages of another topic of the same subscription are handled
+/// while it waits, and it succeeds once they are.
+pub async fn a_retrying_message_does_not_stall_other_partitions(env: &Env) {
+    const OTHERS: usize = 10;
+    let stuck = env.unique("stuck");
+    let flowing = env.unique("flowing");
+    let others_done = Arc::new(AtomicUsize::new(0));
+    let done = Arc::clone(&others_done);
+    let (tx, mut inbox) = Inbox::new();
+    let stuck_topic = stuck.clone();
+    let app = env
+        .start(vec![Subscription::builder([&stuck, &flowing])
+            .name("lanes")
+            .group(env.unique("g"))
+            .partitions(1)
+            .ordering(Ordering::Partition)
+            .retry(RetrySpec {
+                max_attempts: 10_000,
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(5),
+                jitter: false,
+                ..RetrySpec::default()
+            })
+            .handler(move |m: Message, ctx: Context| {
+                let from_stuck = m.topic() == stuck_topic;
+                let result = if from_stuck && done.load(AtomicOrdering::SeqCst) < OTHERS {
+                    Err(HandlerError::transient(std::io::Error::other(
+                        "the other partition is not done yet",
+                    )))
+                } else {
+                    let _ = tx.send((from_stuck, ctx.attempt()));
+                    if !from_stuck {
+                        done.fetch_add(1, AtomicOrdering::SeqCst);
+                    }
+                    Ok(())
+                };
+                std::future::ready(result)
+            })])
+        .await;
+    let publisher = app.publisher();
+    publisher
+        .send(Message::new(stuck.as_str(), "waits"))
+        .await
+        .expect("publish");
+    for i in 0..OTHERS {
+        publisher
+            .send(Message::new(flowing.as_str(), i.to_string()))
+            .await
+            .expect("publish");
+    }
+    let got = inbox.take(OTHERS + 1, "every message").await;
+    assert!(
+        got[..OTHERS].iter().all(|(from_stuck, _)| !from_stuck),
+        "{got:?}"
+    );
+    let (from_stuck, attempt) = got[OTHERS];
+    assert!(from_stuck && attempt > 1, "{got:?}");
+    app.shutdown().await.expect("shutdown");
+}
+
 /// Expands to one `#[tokio::test]` per conformance body, each calling it with `$env`.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -1370,6 +1431,7 @@ macro_rules! conformance_suite {
             a_replayed_dead_letter_is_handled,
             key_ordered_member_leaving_mid_stream_loses_nothing,
             a_redelivered_retry_comes_back_when_due,
+            a_retrying_message_does_not_stall_other_partitions,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {
