@@ -31,10 +31,11 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{self, Backend, BackendError, ConsumerConfig, TopicSpec};
 use crate::context::StateMap;
+use crate::dedup::{self, DedupError};
 use crate::message::MessageId;
 use crate::observe::{StatsSnapshot, SubscriptionStats, TopicPartition};
 use crate::pipeline::ordering::Dispatch;
-use crate::pipeline::{dead_letter, redeliver, Worker};
+use crate::pipeline::{dead_letter, redeliver, Dedup, Worker};
 use crate::publish::{Publisher, Replies};
 use crate::replay::replay_group;
 use crate::subscription::{DeadLetter, Ordering, RetryMode, Subscription, SubscriptionSpec};
@@ -65,6 +66,9 @@ pub enum StartError {
         /// What is wrong.
         reason: String,
     },
+    /// The dedup store cannot be opened.
+    #[error(transparent)]
+    DedupStore(#[from] DedupError),
     /// The broker refused to declare topics or open a consumer.
     #[error("subscription `{subscription}`: {source}")]
     Backend {
@@ -93,6 +97,14 @@ pub struct AppBuilder {
     drain_timeout: Duration,
     batch: usize,
     max_buffered: usize,
+    dedup: DedupSettings,
+}
+
+/// Where and how long subscriptions with `dedup` remember what they handled.
+struct DedupSettings {
+    store: String,
+    lease: Duration,
+    ttl: Duration,
 }
 
 impl AppBuilder {
@@ -131,6 +143,29 @@ impl AppBuilder {
         self
     }
 
+    /// The dedup store of the subscriptions with `dedup`, by URL: `memory://[?max_entries=N]`
+    /// (the default: one process only). Opened when the app starts, which fails with
+    /// [`StartError::DedupStore`] if it cannot be.
+    pub fn dedup_store(mut self, url: &str) -> Self {
+        self.dedup.store = url.to_owned();
+        self
+    }
+
+    /// How long a delivery holds its dedup key while its handler runs (default 60 s): a member
+    /// that crashes mid-handler lets the next delivery take over after that long. Make it longer
+    /// than a handler runs.
+    pub fn dedup_lease(mut self, lease: Duration) -> Self {
+        self.dedup.lease = lease;
+        self
+    }
+
+    /// How long a handled key is remembered (default 24 h): duplicates that come later than
+    /// that are handled again.
+    pub fn dedup_ttl(mut self, ttl: Duration) -> Self {
+        self.dedup.ttl = ttl;
+        self
+    }
+
     /// Connects to the broker `url` names, checks every subscription, declares topics, and
     /// starts consuming. Fails before consuming anything if a subscription cannot be honoured.
     pub async fn connect(self, url: &str) -> Result<App, StartError> {
@@ -139,6 +174,11 @@ impl AppBuilder {
             check(sub, &self.state)?;
         }
         let backend = backend::connect(&url).await?;
+        let dedup_store = if self.subscriptions.iter().any(|s| s.spec().dedup.is_some()) {
+            Some(dedup::connect(&self.dedup.store).await?)
+        } else {
+            None
+        };
         let mut topics: Vec<TopicSpec> = Vec::new();
         for spec in self.subscriptions.iter().map(Subscription::spec) {
             // Each topic, and its dead-letter destination, so that the first dead letter does
@@ -232,6 +272,16 @@ impl AppBuilder {
                     stats: Arc::clone(&stats),
                     retry: spec.retry.clone(),
                     dead_letter: spec.dead_letter.clone(),
+                    dedup: spec
+                        .dedup
+                        .clone()
+                        .zip(dedup_store.clone())
+                        .map(|(by, store)| Dedup {
+                            by,
+                            store,
+                            lease: self.dedup.lease,
+                            ttl: self.dedup.ttl,
+                        }),
                 }),
                 ordering: spec.ordering,
                 concurrency: spec.concurrency,
@@ -289,11 +339,6 @@ fn prefetch(spec: &SubscriptionSpec, max_buffered: usize) -> usize {
 fn check(sub: &Subscription, state: &StateMap) -> Result<(), StartError> {
     let spec: &SubscriptionSpec = sub.spec();
     let name = || spec.name.clone();
-    let unsupported = |option, reason| StartError::Unsupported {
-        subscription: name(),
-        option,
-        reason,
-    };
     if spec.topics.is_empty() || spec.topics.iter().any(String::is_empty) {
         return Err(StartError::Invalid {
             subscription: name(),
@@ -325,12 +370,6 @@ fn check(sub: &Subscription, state: &StateMap) -> Result<(), StartError> {
             subscription: name(),
             reason: "dead_letter: the destination name is empty".into(),
         });
-    }
-    if spec.dedup.is_some() {
-        return Err(unsupported(
-            "dedup",
-            "deduplication stores are not built yet",
-        ));
     }
     sub.check_extractors(state)
         .map_err(|reason| StartError::Invalid {
@@ -425,6 +464,11 @@ impl App {
             drain_timeout: Duration::from_secs(30),
             batch: 256,
             max_buffered: 1024,
+            dedup: DedupSettings {
+                store: "memory://".into(),
+                lease: Duration::from_secs(60),
+                ttl: Duration::from_secs(24 * 3600),
+            },
         }
     }
 

@@ -49,6 +49,7 @@ mod app;
 pub mod backend;
 pub mod codec;
 mod context;
+pub mod dedup;
 mod error;
 pub mod handler;
 mod message;

@@ -41,6 +41,10 @@ pub struct SubscriptionStats {
     pub decode_failures: AtomicU64,
     /// Messages sent to their dead-letter destination.
     pub dead_lettered: AtomicU64,
+    /// Deliveries acked without their handler because their dedup key was done.
+    pub duplicates: AtomicU64,
+    /// Deliveries left for redelivery because another delivery held their dedup key.
+    pub dedup_in_progress: AtomicU64,
     /// Partitions rewound by a nack.
     pub redeliveries: AtomicU64,
     /// Acks and nacks dropped because their generation was no longer live.
@@ -66,6 +70,8 @@ impl Default for SubscriptionStats {
             retries: AtomicU64::default(),
             decode_failures: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
+            duplicates: AtomicU64::default(),
+            dedup_in_progress: AtomicU64::default(),
             redeliveries: AtomicU64::default(),
             stale_settlements: AtomicU64::default(),
             skipped_stale: AtomicU64::default(),
@@ -87,6 +93,8 @@ impl SubscriptionStats {
             retries: get(&self.retries),
             decode_failures: get(&self.decode_failures),
             dead_lettered: get(&self.dead_lettered),
+            duplicates: get(&self.duplicates),
+            dedup_in_progress: get(&self.dedup_in_progress),
             redeliveries: get(&self.redeliveries),
             stale_settlements: get(&self.stale_settlements),
             skipped_stale: get(&self.skipped_stale),
@@ -147,6 +155,10 @@ pub struct StatsSnapshot {
     pub decode_failures: u64,
     /// See [`SubscriptionStats::dead_lettered`].
     pub dead_lettered: u64,
+    /// See [`SubscriptionStats::duplicates`].
+    pub duplicates: u64,
+    /// See [`SubscriptionStats::dedup_in_progress`].
+    pub dedup_in_progress: u64,
     /// See [`SubscriptionStats::redeliveries`].
     pub redeliveries: u64,
     /// See [`SubscriptionStats::stale_settlements`].

@@ -75,31 +75,23 @@ async fn malformed_urls_say_what_is_wrong() {
 }
 
 #[tokio::test]
-async fn options_not_built_yet_are_refused_by_name() {
-    let cases: Vec<(Subscription, &str)> = vec![(
-        Subscription::builder(["t"])
-            .dedup(DedupKey::MessageId)
-            .handler(ok),
-        "dedup",
-    )];
-    for (subscription, option) in cases {
-        let err = refusal(
-            App::builder()
-                .subscribe(subscription)
-                .connect("memory://refusals")
-                .await,
-        );
-        assert!(
-            matches!(&err, StartError::Unsupported { option: o, .. } if *o == option),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains(option), "{err}");
-    }
+async fn a_dedup_store_that_cannot_be_opened_is_refused_naming_it_without_the_password() {
+    let app = App::builder()
+        .subscribe(
+            Subscription::builder(["t"])
+                .dedup(DedupKey::MessageId)
+                .handler(ok),
+        )
+        .dedup_store("redis://user:hunter2@127.0.0.1:6379")
+        .connect("memory://dedup-refusal")
+        .await;
+    let err = refusal(app);
+    assert!(matches!(err, StartError::DedupStore(_)), "{err:?}");
+    let (shown, debug) = (err.to_string(), format!("{err:?}"));
+    assert!(shown.contains("redis://user:***@127.0.0.1:6379"), "{shown}");
     assert!(
-        anybus::backend::memory::MemoryBroker::named("refusals")
-            .messages("t")
-            .is_empty(),
-        "nothing was declared or consumed"
+        !shown.contains("hunter2") && !debug.contains("hunter2"),
+        "{debug}"
     );
 }
 

@@ -1407,6 +1407,126 @@ pub async fn a_retrying_message_does_not_stall_other_partitions(env: &Env) {
     app.shutdown().await.expect("shutdown");
 }
 
+/// With `dedup`, a message delivered twice (here: published twice with one id, as a producer
+/// retry does) is handled once: the second delivery is acked without calling the handler.
+pub async fn duplicates_are_acked_without_calling_the_handler(env: &Env) {
+    const N: usize = 1_000;
+    let topic = env.unique("dedup");
+    let calls: Arc<Mutex<HashMap<MessageId, usize>>> = Arc::default();
+    let counted = Arc::clone(&calls);
+    let (tx, mut inbox) = Inbox::new();
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("once")
+            .group(env.unique("g"))
+            // One partition and one lane: when "end" is handled, every copy before it was seen.
+            .partitions(1)
+            .ordering(Ordering::Partition)
+            .dedup(anybus::DedupKey::MessageId)
+            .handler(move |m: Message| {
+                *counted.lock().expect("lock").entry(m.id()).or_default() += 1;
+                let _ = tx.send(m.payload().clone());
+                std::future::ready(Ok::<(), HandlerError>(()))
+            })])
+        .await;
+    let publisher = app.publisher();
+    for i in 0..N {
+        let message = Message::new(topic.as_str(), i.to_string()).with_key("k");
+        for _ in 0..2 {
+            publisher.send(message.clone()).await.expect("publish");
+        }
+    }
+    publisher
+        .send(Message::new(topic.as_str(), "end").with_key("k"))
+        .await
+        .expect("publish");
+    let got = inbox.take(N + 1, "each message once").await;
+    assert_eq!(got[N], "end", "every copy was seen before the end");
+    {
+        let calls = calls.lock().expect("lock");
+        assert_eq!(calls.len(), N + 1);
+        assert!(calls.values().all(|n| *n == 1), "a handler ran twice");
+    }
+    assert_eq!(app.stats()[0].stats.duplicates, N as u64);
+    app.shutdown().await.expect("shutdown");
+}
+
+/// With `dedup`, a handler's failure releases the message's key: the redelivery takes it at
+/// once (not after the lease runs out) and is handled.
+pub async fn a_failure_releases_the_dedup_key(env: &Env) {
+    let topic = env.unique("dedup-release");
+    let failed = Arc::new(AtomicUsize::new(0));
+    let f = Arc::clone(&failed);
+    let (tx, mut inbox) = Inbox::new();
+    let app = env
+        .start_with(
+            // A lease far longer than the test's patience: only a release lets the next
+            // delivery in.
+            App::builder().dedup_lease(Duration::from_secs(3600)),
+            vec![Subscription::builder([&topic])
+                .name("released")
+                .group(env.unique("g"))
+                .partitions(env.partitions)
+                .dedup(anybus::DedupKey::MessageId)
+                .handler(move |m: Message| {
+                    let first = f.fetch_add(1, AtomicOrdering::SeqCst) == 0;
+                    let _ = tx.send((m.id(), first));
+                    std::future::ready(if first {
+                        Err(HandlerError::transient(std::io::Error::other("once")))
+                    } else {
+                        Ok(())
+                    })
+                })],
+        )
+        .await;
+    let id = publish_numbered(&app, &topic, 1, 1).await[0];
+    let got = inbox.take(2, "the failure and the redelivery").await;
+    assert_eq!(got, [(id, true), (id, false)]);
+    app.shutdown().await.expect("shutdown");
+}
+
+/// With `dedup = "field"`, a message whose payload lacks the field is a permanent failure
+/// that says so, dead-lettered; the messages after it are handled.
+pub async fn a_message_without_its_dedup_key_is_dead_lettered(env: &Env) {
+    let topic = env.unique("dedup-field");
+    let (reader, mut dead) = dead_letter_reader(env, &format!("{topic}.dlq"));
+    let (tx, mut inbox) = Inbox::new();
+    let app = env
+        .start(vec![
+            reader,
+            Subscription::builder([&topic])
+                .name("by-field")
+                .group(env.unique("g"))
+                .partitions(env.partitions)
+                .dedup(anybus::DedupKey::Field("order_id".into()))
+                .handler(move |m: Message| {
+                    let _ = tx.send(m.payload().clone());
+                    std::future::ready(Ok::<(), HandlerError>(()))
+                }),
+        ])
+        .await;
+    wait_assignment(&app, "dead-letters", "the dead-letter reader", |n| n > 0).await;
+    let publisher = app.publisher();
+    for payload in [r#"{"sku":"lamp"}"#, r#"{"order_id":"o-1"}"#] {
+        publisher
+            .send(Message::new(topic.as_str(), payload).with_key("same"))
+            .await
+            .expect("publish");
+    }
+    assert_eq!(
+        inbox.next("the keyed message").await,
+        r#"{"order_id":"o-1"}"#
+    );
+    let letter = dead.next("the unkeyed message's dead letter").await;
+    assert_eq!(letter.payload(), r#"{"sku":"lamp"}"#);
+    assert_eq!(dlq_header(&letter, header::DLQ_REASON), "permanent");
+    assert!(
+        dlq_header(&letter, header::DLQ_ERROR).contains("`order_id`"),
+        "{letter:?}"
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
 /// Expands to one `#[tokio::test]` per conformance body, each calling it with `$env`.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -1432,6 +1552,9 @@ macro_rules! conformance_suite {
             key_ordered_member_leaving_mid_stream_loses_nothing,
             a_redelivered_retry_comes_back_when_due,
             a_retrying_message_does_not_stall_other_partitions,
+            duplicates_are_acked_without_calling_the_handler,
+            a_failure_releases_the_dedup_key,
+            a_message_without_its_dedup_key_is_dead_lettered,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

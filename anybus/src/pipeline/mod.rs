@@ -30,12 +30,13 @@ use tracing::Instrument;
 
 use crate::backend::{Delivery, Receipt, Settler};
 use crate::context::{Context, StateMap};
+use crate::dedup::{self, DedupStore, Reservation};
 use crate::error::{FailureKind, HandlerError};
 use crate::handler::{Handler, Outcome};
 use crate::message::header;
 use crate::observe::{delivery_span, SubscriptionStats};
 use crate::publish::Publisher;
-use crate::subscription::{Backoff, DeadLetter, RetryMode, RetrySpec};
+use crate::subscription::{Backoff, DeadLetter, DedupKey, RetryMode, RetrySpec};
 
 use self::dead_letter::{Failure, Reason};
 
@@ -52,6 +53,8 @@ pub(crate) struct Worker {
     pub(crate) retry: Option<RetrySpec>,
     /// Where messages given up on go.
     pub(crate) dead_letter: DeadLetter,
+    /// Duplicate suppression, if any.
+    pub(crate) dedup: Option<Dedup>,
 }
 
 impl Worker {
@@ -83,46 +86,69 @@ impl Worker {
             .unwrap_or(1);
         let mut delays = None;
         let mut first_failure = redeliver::first_failure(&message);
-        let outcome = loop {
-            let ctx = Context::new(
-                Arc::clone(&message),
-                Arc::clone(&self.group),
-                attempt,
-                self.publisher.clone(),
-                Arc::clone(&self.state),
-            );
-            let outcome = call(ctx).instrument(span.clone()).await;
-            if matches!(outcome, Outcome::Failed(_)) {
-                first_failure.get_or_insert_with(SystemTime::now);
-            }
-            let Some(policy) = self
-                .retry
-                .as_ref()
-                .filter(|p| p.mode == RetryMode::InProcess)
-            else {
-                break outcome;
-            };
-            let Outcome::Failed(error) = &outcome else {
-                break outcome;
-            };
-            if error.kind() != FailureKind::Transient || attempt >= policy.max_attempts {
-                break outcome;
-            }
-            let Some(wait) = delays.get_or_insert_with(|| backoff(policy)).next() else {
-                break outcome;
-            };
-            span.in_scope(|| {
+        let (key, unkeyed) = match self.gate(&message, &receipt).instrument(span.clone()).await {
+            Gate::Run(key) => (key, None),
+            Gate::Settled => return,
+            Gate::NoKey(error) => (None, Some(error)),
+        };
+        let outcome = if let Some(error) = unkeyed {
+            first_failure.get_or_insert_with(SystemTime::now);
+            Outcome::Failed(error)
+        } else {
+            loop {
+                let ctx = Context::new(
+                    Arc::clone(&message),
+                    Arc::clone(&self.group),
+                    attempt,
+                    self.publisher.clone(),
+                    Arc::clone(&self.state),
+                );
+                let outcome = call(ctx).instrument(span.clone()).await;
+                if matches!(outcome, Outcome::Failed(_)) {
+                    first_failure.get_or_insert_with(SystemTime::now);
+                }
+                let Some(policy) = self
+                    .retry
+                    .as_ref()
+                    .filter(|p| p.mode == RetryMode::InProcess)
+                else {
+                    break outcome;
+                };
+                let Outcome::Failed(error) = &outcome else {
+                    break outcome;
+                };
+                if error.kind() != FailureKind::Transient || attempt >= policy.max_attempts {
+                    break outcome;
+                }
+                let Some(wait) = delays.get_or_insert_with(|| backoff(policy)).next() else {
+                    break outcome;
+                };
+                span.in_scope(|| {
                 tracing::warn!(origin = %message.origin(), %error, attempt, ?wait, "handler failed; retrying");
             });
-            SubscriptionStats::count(&self.stats.retries);
-            tokio::time::sleep(wait).await;
-            if !self.settler.is_current(&receipt) {
-                // The partition moved on while this waited: its new owner has the message.
-                SubscriptionStats::count(&self.stats.skipped_stale);
-                return;
+                SubscriptionStats::count(&self.stats.retries);
+                tokio::time::sleep(wait).await;
+                if !self.settler.is_current(&receipt) {
+                    // The partition moved on while this waited: its new owner has the message.
+                    SubscriptionStats::count(&self.stats.skipped_stale);
+                    self.release(key.as_deref()).await;
+                    return;
+                }
+                attempt += 1;
             }
-            attempt += 1;
         };
+        match &outcome {
+            Outcome::Failed(_) => self.release(key.as_deref()).await,
+            Outcome::Done { .. } => {
+                if !self.complete(key.as_deref()).instrument(span.clone()).await {
+                    // Not remembered: acking now could let a redelivery run the handler again
+                    // unseen, so the message comes again and meets its lease instead.
+                    SubscriptionStats::count(&self.stats.transient_failures);
+                    self.settler.nack(&receipt);
+                    return;
+                }
+            }
+        }
         if let Outcome::Failed(error) = &outcome {
             if let Some(policy) = self.redeliver_policy(error, attempt) {
                 let later = Later {
@@ -180,6 +206,76 @@ impl Worker {
                     .await;
                 self.settler.ack(&receipt);
             }
+        }
+    }
+
+    /// Reserves the message's dedup key, when the subscription deduplicates; settles the
+    /// delivery itself when the handler must not run.
+    async fn gate(&self, message: &crate::Message, receipt: &Receipt) -> Gate {
+        let Some(dedup) = &self.dedup else {
+            return Gate::Run(None);
+        };
+        let key = match dedup::key_of(message, &dedup.by) {
+            Ok(key) => key,
+            Err(reason) => return Gate::NoKey(HandlerError::permanent(reason)),
+        };
+        match dedup.store.reserve(&self.group, &key, dedup.lease).await {
+            Ok(Reservation::Fresh) => Gate::Run(Some(key)),
+            Ok(Reservation::Done) => {
+                tracing::debug!(origin = %message.origin(), key, "duplicate of a handled message; acked without handling");
+                SubscriptionStats::count(&self.stats.duplicates);
+                self.settler.ack(receipt);
+                Gate::Settled
+            }
+            Ok(Reservation::InProgress) => {
+                tracing::debug!(origin = %message.origin(), key, "another delivery is handling this message; it comes again");
+                SubscriptionStats::count(&self.stats.dedup_in_progress);
+                self.settler.nack(receipt);
+                Gate::Settled
+            }
+            Err(error) => {
+                tracing::warn!(origin = %message.origin(), %error, "dedup store failed; the message will be delivered again");
+                SubscriptionStats::count(&self.stats.transient_failures);
+                self.settler.nack(receipt);
+                Gate::Settled
+            }
+        }
+    }
+
+    /// Marks a handled message's dedup key done; `false` if the store would not, after a few
+    /// tries.
+    async fn complete(&self, key: Option<&str>) -> bool {
+        let (Some(dedup), Some(key)) = (&self.dedup, key) else {
+            return true;
+        };
+        let mut waits = [10, 50, 250]
+            .into_iter()
+            .map(std::time::Duration::from_millis);
+        loop {
+            match dedup.store.complete(&self.group, key, dedup.ttl).await {
+                Ok(()) => return true,
+                Err(error) => match waits.next() {
+                    Some(wait) => {
+                        tracing::warn!(%error, ?wait, "dedup store failed to complete a key; trying again");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => {
+                        tracing::error!(%error, key, "dedup store failed to complete a key; the message will be delivered again");
+                        return false;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Gives up a dedup lease, so that the next delivery may take the key at once. A failure
+    /// only means the lease runs out on its own.
+    async fn release(&self, key: Option<&str>) {
+        let (Some(dedup), Some(key)) = (&self.dedup, key) else {
+            return;
+        };
+        if let Err(error) = dedup.store.release(&self.group, key).await {
+            tracing::warn!(%error, key, "dedup store failed to release a key; its lease will run out");
         }
     }
 
@@ -271,6 +367,28 @@ impl Worker {
             tracing::warn!(%error, "could not send the answer to a request");
         }
     }
+}
+
+/// A subscription's duplicate suppression.
+pub(crate) struct Dedup {
+    /// What identifies a duplicate.
+    pub(crate) by: DedupKey,
+    /// Where keys are remembered.
+    pub(crate) store: Arc<dyn DedupStore>,
+    /// How long a delivery holds its key while its handler runs.
+    pub(crate) lease: std::time::Duration,
+    /// How long a handled key is remembered.
+    pub(crate) ttl: std::time::Duration,
+}
+
+/// What the dedup gate decided for a delivery.
+enum Gate {
+    /// Run the handler, holding this key (if the subscription deduplicates).
+    Run(Option<String>),
+    /// The delivery was settled without the handler.
+    Settled,
+    /// The message has no dedup key: a permanent failure.
+    NoKey(HandlerError),
 }
 
 /// A transient failure to be retried by redelivery.

@@ -1,0 +1,173 @@
+//! Duplicate suppression tied to acknowledgement: a [`DedupStore`] remembers which messages a
+//! consumer group finished, so that a redelivery of one is acknowledged without calling the
+//! handler again.
+//!
+//! The pipeline of a subscription with `dedup` runs **reserve → handler → complete → ack**:
+//!
+//! - [`Reservation::Fresh`]: this delivery holds a lease on the key; the handler runs. On
+//!   success the key is completed (remembered for the store's TTL) and then the message acked;
+//!   on failure the lease is released and the retry policy decides.
+//! - [`Reservation::Done`]: the message was handled before (a crash came between complete and
+//!   ack, or the broker delivered it twice); it is acked without calling the handler, and
+//!   counted (`duplicates`).
+//! - [`Reservation::InProgress`]: another delivery holds a live lease (another member is
+//!   handling it right now); this one is left for redelivery (nacked) without calling the
+//!   handler. A member that crashed after reserving lets its lease expire, and the next delivery
+//!   takes over.
+//!
+//! A store that fails makes the delivery a transient failure: it is retried, never skipped and
+//! never handled twice on the store's account. Keys are scoped by consumer group, so two groups
+//! never suppress each other.
+
+mod memory;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::handler::BoxFuture;
+use crate::message::Message;
+use crate::subscription::DedupKey;
+
+pub use self::memory::MemoryDedupStore;
+
+/// What a reservation found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// Nobody handled the key and nobody holds it: the caller holds it now, for the lease.
+    Fresh,
+    /// Another delivery holds a lease on the key that has not expired.
+    InProgress,
+    /// The key was completed and is still remembered.
+    Done,
+}
+
+/// A store that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("dedup store {store}: {reason}")]
+pub struct DedupError {
+    /// The store (its URL, password redacted).
+    pub store: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Remembers which keys a consumer group reserved and finished.
+///
+/// Every operation is scoped by `group`. Implementations make each transition atomic: of many
+/// concurrent `reserve` calls on one free key exactly one gets [`Reservation::Fresh`].
+pub trait DedupStore: Send + Sync + fmt::Debug + 'static {
+    /// Takes a lease on `key` for `lease`, unless the key is done or leased by someone else.
+    /// An expired lease is taken over.
+    fn reserve<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Reservation, DedupError>>;
+
+    /// Marks `key` done, remembered for `ttl`.
+    fn complete<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), DedupError>>;
+
+    /// Gives up a lease on `key`, so that the next delivery may take it at once.
+    fn release<'a>(&'a self, group: &'a str, key: &'a str)
+        -> BoxFuture<'a, Result<(), DedupError>>;
+}
+
+/// Opens the store `url` names: `memory://[?max_entries=N]`.
+pub async fn connect(url: &str) -> Result<Arc<dyn DedupStore>, DedupError> {
+    let shown = crate::url::redact(url);
+    let refused = |reason: String| DedupError {
+        store: shown.clone(),
+        reason,
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| refused("not a URL: write memory://".into()))?;
+    match scheme {
+        "memory" => {
+            let mut max_entries = memory::DEFAULT_MAX_ENTRIES;
+            if let Some((_, query)) = rest.split_once('?') {
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    match pair.split_once('=') {
+                        Some(("max_entries", n)) => {
+                            max_entries = n.parse().map_err(|_| {
+                                refused(format!("max_entries `{n}` is not a number"))
+                            })?;
+                        }
+                        _ => return Err(refused(format!("unknown option `{pair}`"))),
+                    }
+                }
+            }
+            Ok(Arc::new(MemoryDedupStore::new(max_entries)))
+        }
+        "redis" | "rediss" | "postgres" | "postgresql" => Err(refused(format!(
+            "the {scheme} dedup store is not built yet; use memory://"
+        ))),
+        other => Err(refused(format!(
+            "unknown scheme `{other}`: the dedup stores are memory://"
+        ))),
+    }
+}
+
+/// The dedup key of `message` under `by`, or why it has none. (A message from a producer other
+/// than anybus has no message id header and gets a fresh id on every delivery, so
+/// [`DedupKey::MessageId`] cannot recognise its duplicates: deduplicate such topics by a field
+/// or a header.)
+pub fn key_of(message: &Message, by: &DedupKey) -> Result<String, String> {
+    match by {
+        DedupKey::MessageId => Ok(message.id().to_string()),
+        DedupKey::Header(name) => message
+            .headers()
+            .get_str(name)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("the message has no header `{name}` to deduplicate by")),
+        DedupKey::Field(field) => {
+            let value: serde_json::Value =
+                serde_json::from_slice(message.payload()).map_err(|e| {
+                    format!("the payload is not JSON, so it has no field `{field}`: {e}")
+                })?;
+            match value.get(field) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                Some(serde_json::Value::Null) | None => Err(format!(
+                    "the payload has no field `{field}` to deduplicate by"
+                )),
+                Some(other) => Ok(other.to_string()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::message::Headers;
+
+    #[test]
+    fn keys_come_from_the_id_a_header_or_a_field() {
+        let mut headers = Headers::new();
+        headers.append("x-request-id", Bytes::from_static(b"r-1"));
+        let m = Message::new("orders", r#"{"order_id":"o-9","n":3}"#).with_headers(headers);
+        assert_eq!(key_of(&m, &DedupKey::MessageId), Ok(m.id().to_string()));
+        assert_eq!(
+            key_of(&m, &DedupKey::Header("x-request-id".into())),
+            Ok("r-1".into())
+        );
+        assert_eq!(
+            key_of(&m, &DedupKey::Field("order_id".into())),
+            Ok("o-9".into())
+        );
+        assert_eq!(key_of(&m, &DedupKey::Field("n".into())), Ok("3".into()));
+        let missing = key_of(&m, &DedupKey::Field("sku".into())).expect_err("no sku");
+        assert!(missing.contains("`sku`"), "{missing}");
+        let no_header = key_of(&m, &DedupKey::Header("x-other".into())).expect_err("none");
+        assert!(no_header.contains("`x-other`"), "{no_header}");
+    }
+}
