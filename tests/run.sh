@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/anybus/target}"
 
 trap 'tests/brokers.sh down' EXIT
-tests/brokers.sh up kafka rabbitmq
+tests/brokers.sh up kafka rabbitmq redis
 
 # Every test with every backend compiled in, against the brokers started above.
 cargo test --workspace --all-features

@@ -20,6 +20,8 @@
 //! never suppress each other.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,6 +32,8 @@ use crate::message::Message;
 use crate::subscription::DedupKey;
 
 pub use self::memory::MemoryDedupStore;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisDedupStore;
 
 /// What a reservation found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,12 +110,34 @@ pub async fn connect(url: &str) -> Result<Arc<dyn DedupStore>, DedupError> {
             }
             Ok(Arc::new(MemoryDedupStore::new(max_entries)))
         }
-        "redis" | "rediss" | "postgres" | "postgresql" => Err(refused(format!(
-            "the {scheme} dedup store is not built yet; use memory://"
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(RedisDedupStore::connect(url).await?)),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(refused(
+            "the Redis store needs anybus's cargo feature `redis`".into(),
+        )),
+        "postgres" | "postgresql" => Err(refused(format!(
+            "the {scheme} dedup store is not built yet; use memory:// or redis://"
         ))),
         other => Err(refused(format!(
-            "unknown scheme `{other}`: the dedup stores are memory://"
+            "unknown scheme `{other}`: the dedup stores are memory:// and redis://"
         ))),
+    }
+}
+
+/// `text` with the password of `url`, if it has one, replaced by `***`: client errors may
+/// quote the URL.
+fn scrub(url: &str, text: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(password) => text.replace(password, "***"),
+        None => text.to_owned(),
     }
 }
 
