@@ -8,6 +8,7 @@
 //! cargo run --release -p anybus-bench --features rabbitmq   # + RabbitMQ rows (broker on :5672)
 //! cargo run --release -p anybus-bench -- ordering           # the ordering rows alone (+ Kafka with the feature)
 //! cargo run --release -p anybus-bench -- retry              # the retry rows alone (+ brokers with the features)
+//! cargo run --release -p anybus-bench --features redis -- dedup   # the dedup rows (Redis on :6379)
 //! cargo run --release -p anybus-bench -- scenario end-to-end raw 1 multi 20   # one scenario, for perf
 //! ```
 //!
@@ -33,10 +34,13 @@
 //! * **Ordering** (see `ordering.rs`): Confluent Parallel Consumer's scenario, 10,000 messages in
 //!   one partition with 0–5 ms of timer work each at concurrency 100, under partition, key and
 //!   no ordering; wall time against the ideal, on memory and (with the feature) on Kafka.
+//! * **Dedup** (see `dedup.rs`): consume throughput on the memory backend with each dedup store
+//!   (memory; Redis with the feature) against none, at concurrency 64.
 //! * **Retry** (see `retry.rs`): consume throughput with 1 % of the messages failing once and
 //!   retried in process, against none failing, on memory and on each broker compiled in.
 
 mod alloc;
+mod dedup;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod memory;
@@ -637,6 +641,17 @@ fn main() {
             3,
             &mut rows,
         ));
+    }
+    if only.is_empty() || only == "memory" || only == "dedup" {
+        let mut stores = vec![("memory", "memory://".to_owned())];
+        #[cfg(feature = "redis")]
+        stores.push((
+            "Redis",
+            std::env::var("ANYBUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        ));
+        Flavor::MultiThread
+            .runtime()
+            .block_on(dedup::rows(&stores, 50_000, 3, &mut rows));
     }
     #[cfg(feature = "kafka")]
     if only.is_empty() || only == "kafka" || only == "retry" {

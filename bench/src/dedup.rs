@@ -1,0 +1,106 @@
+//! The dedup rows: consume throughput on the memory backend with each dedup store against none,
+//! at concurrency 64, unordered, in one run.
+//!
+//! N raw messages are appended first; the clock runs from the first handler start to the N-th
+//! handled message. Each row reports msg/s (best and median of the rounds) and the overhead per
+//! message against the run without dedup.
+
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anybus::{App, DedupKey, HandlerError, Message, MessageId, Ordering, Subscription};
+use futures_util::future::join_all;
+use tokio::sync::Notify;
+
+use crate::{rates, thousands, Row};
+
+/// Handlers at once.
+const CONCURRENCY: usize = 64;
+
+/// One run: `n` messages, deduplicated through `store` (or not).
+async fn run(n: usize, store: Option<&str>) -> Duration {
+    let broker = format!("memory://bench-dedup-{}", MessageId::new());
+    let topic = "bench-dedup";
+    let publisher = App::builder().connect(&broker).await.expect("a publisher");
+    let p = publisher.publisher();
+    for chunk in 0..n.div_ceil(1_000) {
+        let sends = (chunk * 1_000..((chunk + 1) * 1_000).min(n))
+            .map(|i| p.send(Message::new(topic, i.to_string()).with_key(i.to_string())));
+        for sent in join_all(sends).await {
+            sent.expect("publish");
+        }
+    }
+    let handled = Arc::new(AtomicUsize::new(0));
+    let first = Arc::new(Mutex::new(None::<Instant>));
+    let all = Arc::new(Notify::new());
+    let (h, f, a) = (Arc::clone(&handled), Arc::clone(&first), Arc::clone(&all));
+    let mut subscription = Subscription::builder([topic])
+        .group(format!("dedup-{}", MessageId::new()))
+        .ordering(Ordering::None)
+        .concurrency(CONCURRENCY);
+    let mut builder = App::builder();
+    if let Some(store) = store {
+        subscription = subscription.dedup(DedupKey::MessageId);
+        builder = builder.dedup_store(store);
+    }
+    let app = builder
+        .subscribe(subscription.handler(move |m: Message| {
+            std::hint::black_box(&m);
+            f.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(Instant::now);
+            if h.fetch_add(1, AtomicOrdering::Relaxed) + 1 == n {
+                a.notify_one();
+            }
+            std::future::ready(Ok::<(), HandlerError>(()))
+        }))
+        .connect(&broker)
+        .await
+        .expect("the consuming app");
+    tokio::time::timeout(Duration::from_secs(300), all.notified())
+        .await
+        .expect("every message handled within 300 s");
+    let took = first
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map_or(Duration::ZERO, |t| t.elapsed());
+    app.shutdown().await.expect("shutdown");
+    publisher.shutdown().await.expect("shutdown the publisher");
+    took
+}
+
+/// The rows: no dedup, then each store in `stores` (name, URL), `rounds` interleaved rounds of
+/// `n` messages.
+pub async fn rows(stores: &[(&str, String)], n: usize, rounds: usize, rows: &mut Vec<Row>) {
+    let mut none = Vec::new();
+    let mut with: Vec<Vec<Duration>> = vec![Vec::new(); stores.len()];
+    for _ in 0..rounds {
+        none.push(run(n, None).await);
+        for (i, (_, url)) in stores.iter().enumerate() {
+            with[i].push(run(n, Some(url)).await);
+        }
+    }
+    let (none_best, none_median) = rates(n, &mut none);
+    rows.push(Row::new(
+        format!("memory backend, {n} msgs, unordered, concurrency {CONCURRENCY}: consume without dedup, msg/s (best / median of {rounds})"),
+        format!("{} / {}", thousands(none_best), thousands(none_median)),
+        "the baseline of the dedup rows",
+    ));
+    for ((name, _), runs) in stores.iter().zip(&mut with) {
+        let (best, median) = rates(n, runs);
+        let overhead_us = (1.0 / median - 1.0 / none_median) * 1e6;
+        rows.push(Row::new(
+            format!("memory backend, {n} msgs, unordered, concurrency {CONCURRENCY}: consume with the {name} dedup store, msg/s (best / median of {rounds})"),
+            format!(
+                "{} / {}; +{overhead_us:.2} µs per message (median)",
+                thousands(best),
+                thousands(median)
+            ),
+            format!(
+                "{:.2} × without dedup (median); target ≥ 20,000 msg/s for Redis and PostgreSQL",
+                median / none_median
+            ),
+        ));
+    }
+}
