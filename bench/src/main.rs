@@ -643,6 +643,8 @@ fn main() {
         ));
     }
     if only.is_empty() || only == "memory" || only == "dedup" {
+        // Without the feature there is no Redis row to add.
+        #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
         let mut stores = vec![("memory", "memory://".to_owned())];
         #[cfg(feature = "redis")]
         stores.push((

@@ -127,6 +127,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn DedupStore>, DedupError> {
 
 /// `text` with the password of `url`, if it has one, replaced by `***`: client errors may
 /// quote the URL.
+#[cfg(feature = "redis")]
 fn scrub(url: &str, text: &str) -> String {
     let password = url
         .split_once("://")
