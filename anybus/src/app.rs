@@ -272,6 +272,7 @@ impl AppBuilder {
                     stats: Arc::clone(&stats),
                     retry: spec.retry.clone(),
                     dead_letter: spec.dead_letter.clone(),
+                    patterns: spec.topics.iter().any(|t| t.contains(['*', '#'])),
                     dedup: spec
                         .dedup
                         .clone()
@@ -358,6 +359,12 @@ fn check(sub: &Subscription, state: &StateMap) -> Result<(), StartError> {
         });
     }
     if let Some(retry) = &spec.retry {
+        if retry.mode == RetryMode::Redeliver && spec.topics.iter().any(|t| t.contains('#')) {
+            return Err(StartError::Invalid {
+                subscription: name(),
+                reason: "retry(mode = \"redeliver\") cannot be combined with a `#` pattern topic: the pattern would also match the group's retry topic".into(),
+            });
+        }
         if retry.max_attempts == 0 {
             return Err(StartError::Invalid {
                 subscription: name(),

@@ -117,6 +117,15 @@ async fn options_that_cannot_work_are_refused_with_the_reason() {
                 .handler(ok),
             "the destination name is empty",
         ),
+        (
+            Subscription::builder(["orders.#"])
+                .retry(RetrySpec {
+                    mode: anybus::RetryMode::Redeliver,
+                    ..RetrySpec::default()
+                })
+                .handler(ok),
+            "cannot be combined with a `#` pattern topic",
+        ),
     ];
     for (subscription, reason) in cases {
         let err = refusal(

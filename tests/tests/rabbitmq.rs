@@ -187,3 +187,57 @@ async fn a_retry_copy_waits_in_the_wait_queue() {
     );
     app.shutdown().await.expect("shutdown");
 }
+
+/// A `#` pattern also matches the group's own dead-letter topic: the dead letter of a message
+/// the pattern subscription gave up on comes back to it, and must be skipped, not handled (and
+/// dead-lettered again, and again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_skips_its_own_dead_letters() {
+    use anybus::{DeadLetter, HandlerError, Message, Subscription};
+    let env = anybus_conformance::Env::rabbitmq();
+    let prefix = env.unique("pattern");
+    let topic = format!("{prefix}.created");
+    let (tx, mut handled) = anybus_conformance::Inbox::new();
+    let (dlq_tx, mut dead) = anybus_conformance::Inbox::new();
+    let app = env
+        .start(vec![
+            Subscription::builder([format!("{prefix}.#")])
+                .name("pattern")
+                .group(env.unique("g"))
+                .handler(move |m: Message| {
+                    let _ = tx.send((m.topic().to_owned(), m.payload().clone()));
+                    std::future::ready(if m.payload() == "bad" {
+                        Err(HandlerError::permanent(std::io::Error::other("bad")))
+                    } else {
+                        Ok(())
+                    })
+                }),
+            Subscription::builder([format!("{topic}.dlq")])
+                .name("reader")
+                .group(env.unique("reader"))
+                .dead_letter(DeadLetter::Disabled)
+                .handler(move |m: Message| {
+                    let _ = dlq_tx.send(m.payload().clone());
+                    std::future::ready(Ok::<(), HandlerError>(()))
+                }),
+        ])
+        .await;
+    let publisher = app.publisher();
+    publisher
+        .send(Message::new(topic.as_str(), "bad"))
+        .await
+        .expect("publish");
+    assert_eq!(dead.next("the dead letter").await, "bad");
+    // The pattern's queue got the dead letter when the reader's did: it is ahead of "end".
+    publisher
+        .send(Message::new(topic.as_str(), "end"))
+        .await
+        .expect("publish");
+    let got = handled.take(2, "bad, then end").await;
+    assert_eq!(
+        got,
+        [(topic.clone(), "bad".into()), (topic.clone(), "end".into())],
+        "the dead letter was handled"
+    );
+    app.shutdown().await.expect("shutdown");
+}

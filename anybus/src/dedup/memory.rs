@@ -126,6 +126,21 @@ impl Inner {
         );
     }
 
+    /// Rebuilds the queue from the live entries when stale items (keys written again, released
+    /// leases) make up most of it, so that a key reserved over and over cannot grow it.
+    fn compact(&mut self) {
+        if self.written.len() <= 2 * self.entries.len() + 1024 {
+            return;
+        }
+        let mut live: Vec<(u64, String)> = self
+            .entries
+            .iter()
+            .map(|(key, entry)| (entry.seq, key.clone()))
+            .collect();
+        live.sort_unstable_by_key(|(seq, _)| *seq);
+        self.written = live.into();
+    }
+
     /// Drops stale queue items and expired entries from the front of the queue.
     fn expire(&mut self, now: Instant) {
         while let Some((seq, key)) = self.written.front() {
@@ -144,6 +159,7 @@ impl Inner {
     /// Forgets the oldest finished keys while more than `max` are held.
     fn bound(&mut self, max: usize, now: Instant) {
         self.expire(now);
+        self.compact();
         while self.entries.len() > max {
             let Some((seq, key)) = self.written.pop_front() else {
                 return;
@@ -284,6 +300,20 @@ mod tests {
             store.reserve("b", "k", LEASE).await.ok(),
             Some(Reservation::Fresh)
         );
+    }
+
+    #[tokio::test]
+    async fn a_key_reserved_over_and_over_does_not_grow_the_store() {
+        let store = MemoryDedupStore::default();
+        // A done key at the front of the queue, kept for its TTL.
+        store.reserve("g", "done", LEASE).await.expect("reserve");
+        store.complete("g", "done", TTL).await.expect("complete");
+        for _ in 0..100_000 {
+            store.reserve("g", "flaky", LEASE).await.expect("reserve");
+            store.release("g", "flaky").await.expect("release");
+        }
+        let queued = store.lock().written.len();
+        assert!(queued <= 2 * store.len() + 1025, "{queued} queue items");
     }
 
     #[tokio::test]

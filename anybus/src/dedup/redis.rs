@@ -1,7 +1,7 @@
 //! The Redis dedup store (feature `redis`, `redis://[user:password@]host:port[/db]`), shared by
 //! every member of a group.
 //!
-//! A key is the Redis string `anybus:dedup:{group}:{key}`: `lease` while a delivery holds it
+//! A key is the Redis string `anybus:dedup:{group length}:{group}:{key}`: `lease` while a delivery holds it
 //! (expiring with the lease, `PX`), `done` once handled (expiring with the TTL). `reserve` and
 //! `release` are Lua scripts, so each transition is one atomic step on the server; `complete` is
 //! a plain `SET … PX`. The connection manager reconnects by itself; a command that fails is a
@@ -91,9 +91,10 @@ impl RedisDedupStore {
     }
 }
 
-/// The Redis key of `key` in `group`.
+/// The Redis key of `key` in `group`: the group's length first, so that no group and key can
+/// spell another pair's name.
 fn redis_key(group: &str, key: &str) -> String {
-    format!("anybus:dedup:{group}:{key}")
+    format!("anybus:dedup:{}:{group}:{key}", group.len())
 }
 
 fn millis(d: Duration) -> u64 {

@@ -55,6 +55,9 @@ pub(crate) struct Worker {
     pub(crate) dead_letter: DeadLetter,
     /// Duplicate suppression, if any.
     pub(crate) dedup: Option<Dedup>,
+    /// Whether a topic of the subscription is a pattern (RabbitMQ's `orders.*`, `orders.#`),
+    /// which may also match anybus's own dead-letter, retry and wait topics.
+    pub(crate) patterns: bool,
 }
 
 impl Worker {
@@ -66,6 +69,16 @@ impl Worker {
         let Delivery { message, receipt } = delivery;
         if !self.settler.is_current(&receipt) {
             SubscriptionStats::count(&self.stats.skipped_stale);
+            return;
+        }
+        if self.patterns && self.is_foreign_helper(message.topic()) {
+            // A dead letter, or another group's retry copy, that a pattern matched: handling it
+            // would dead-letter a dead letter, or run another group's retry.
+            tracing::debug!(
+                topic = message.topic(),
+                "a pattern matched an anybus helper topic; skipped"
+            );
+            self.settler.ack(&receipt);
             return;
         }
         // A redeliver-later copy waits in its lane until it is due.
@@ -209,6 +222,14 @@ impl Worker {
         }
     }
 
+    /// Whether `topic` is a dead-letter topic, a wait queue's routing key, or another group's
+    /// retry topic.
+    fn is_foreign_helper(&self, topic: &str) -> bool {
+        topic.ends_with(".dlq")
+            || topic.ends_with(".wait")
+            || (topic.contains(".retry.") && !topic.ends_with(&format!(".retry.{}", self.group)))
+    }
+
     /// Reserves the message's dedup key, when the subscription deduplicates; settles the
     /// delivery itself when the handler must not run.
     async fn gate(&self, message: &crate::Message, receipt: &Receipt) -> Gate {
@@ -230,12 +251,16 @@ impl Worker {
             Ok(Reservation::InProgress) => {
                 tracing::debug!(origin = %message.origin(), key, "another delivery is handling this message; it comes again");
                 SubscriptionStats::count(&self.stats.dedup_in_progress);
+                // Not at once: the other holder needs time, and on Kafka a nack rewinds the
+                // partition.
+                tokio::time::sleep(GATE_BACKOFF).await;
                 self.settler.nack(receipt);
                 Gate::Settled
             }
             Err(error) => {
                 tracing::warn!(origin = %message.origin(), %error, "dedup store failed; the message will be delivered again");
                 SubscriptionStats::count(&self.stats.transient_failures);
+                tokio::time::sleep(GATE_BACKOFF).await;
                 self.settler.nack(receipt);
                 Gate::Settled
             }
@@ -368,6 +393,10 @@ impl Worker {
         }
     }
 }
+
+/// How long a delivery whose dedup key is held elsewhere, or whose store failed, waits before
+/// it is nacked to come again.
+const GATE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A subscription's duplicate suppression.
 pub(crate) struct Dedup {
