@@ -1527,6 +1527,49 @@ pub async fn a_message_without_its_dedup_key_is_dead_lettered(env: &Env) {
     app.shutdown().await.expect("shutdown");
 }
 
+/// A handler that panics is a permanent failure: its message is dead-lettered saying so, and
+/// the lane goes on with the next message, under partition and under key ordering.
+pub async fn a_panicking_handler_is_a_permanent_failure(env: &Env) {
+    for ordering in [Ordering::Partition, Ordering::Key] {
+        let topic = env.unique("panic");
+        let (reader, mut dead) = dead_letter_reader(env, &format!("{topic}.dlq"));
+        let (tx, mut inbox) = Inbox::new();
+        let app = env
+            .start(vec![
+                reader,
+                Subscription::builder([&topic])
+                    .name("panicky")
+                    .group(env.unique("g"))
+                    .partitions(1)
+                    .ordering(ordering)
+                    .concurrency(1)
+                    .handler(move |m: Message| {
+                        assert!(m.payload() != "boom", "boom");
+                        let _ = tx.send(m.payload().clone());
+                        std::future::ready(Ok::<(), HandlerError>(()))
+                    }),
+            ])
+            .await;
+        wait_assignment(&app, "dead-letters", "the dead-letter reader", |n| n > 0).await;
+        let publisher = app.publisher();
+        for payload in ["boom", "after"] {
+            publisher
+                .send(Message::new(topic.as_str(), payload).with_key("same"))
+                .await
+                .expect("publish");
+        }
+        assert_eq!(inbox.next("the message after the panic").await, "after");
+        let letter = dead.next("the panicked message's dead letter").await;
+        assert_eq!(letter.payload(), "boom");
+        assert_eq!(dlq_header(&letter, header::DLQ_REASON), "permanent");
+        assert!(
+            dlq_header(&letter, header::DLQ_ERROR).contains("panicked: boom"),
+            "{letter:?}"
+        );
+        app.shutdown().await.expect("shutdown");
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance body, each calling it with `$env`.
 #[macro_export]
 macro_rules! conformance_suite {
@@ -1555,6 +1598,7 @@ macro_rules! conformance_suite {
             duplicates_are_acked_without_calling_the_handler,
             a_failure_releases_the_dedup_key,
             a_message_without_its_dedup_key_is_dead_lettered,
+            a_panicking_handler_is_a_permanent_failure,
         );
     };
     (@tests $env:expr; $($name:ident,)*) => {

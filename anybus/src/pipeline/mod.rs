@@ -116,7 +116,7 @@ impl Worker {
                     self.publisher.clone(),
                     Arc::clone(&self.state),
                 );
-                let outcome = call(ctx).instrument(span.clone()).await;
+                let outcome = unwound(|| call(ctx)).instrument(span.clone()).await;
                 if matches!(outcome, Outcome::Failed(_)) {
                     first_failure.get_or_insert_with(SystemTime::now);
                 }
@@ -393,6 +393,45 @@ impl Worker {
         }
     }
 }
+
+/// Runs a handler's future, turning a panic into a permanent failure: a bug in one handler
+/// call must not take down its lane (and with it the subscription).
+async fn unwound<Fut: Future<Output = Outcome>>(call: impl FnOnce() -> Fut) -> Outcome {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    // A closure handler runs its body when called, an async one when polled: catch both.
+    let handler = match catch_unwind(AssertUnwindSafe(call)) {
+        Ok(handler) => handler,
+        Err(panic) => return panicked(&*panic),
+    };
+    let mut handler = std::pin::pin!(handler);
+    std::future::poll_fn(|cx| {
+        catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(cx)))
+            .unwrap_or_else(|panic| std::task::Poll::Ready(panicked(&*panic)))
+    })
+    .await
+}
+
+/// The permanent failure of a handler that panicked with `panic`.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    Outcome::Failed(HandlerError::permanent(Panicked(what)))
+}
+
+/// A handler that panicked, as the error of its permanent failure.
+#[derive(Debug)]
+struct Panicked(String);
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the handler panicked: {}", self.0)
+    }
+}
+
+impl std::error::Error for Panicked {}
 
 /// How long a delivery whose dedup key is held elsewhere, or whose store failed, waits before
 /// it is nacked to come again.
