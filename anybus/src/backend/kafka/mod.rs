@@ -4,7 +4,7 @@
 //! group), assigned partitions by the broker's group protocol (`cooperative-sticky`, so a
 //! rebalance moves only the partitions that change owner). Offsets are committed by anybus, never
 //! by librdkafka's auto-commit: only the highest contiguous completed offset + 1 of each
-//! partition, every `commit_interval`, on revoke and on close (see [`consumer`]). A new group
+//! partition, every `commit_interval`, on revoke and on close (see the `consumer` module). A new group
 //! starts at the earliest offset.
 //!
 //! Publishing goes through one idempotent producer with `acks=all`; a publish resolves with the
@@ -13,7 +13,7 @@
 //! when the app starts, others the first time something is published to them (an existing topic
 //! is left as it is).
 //!
-//! The URL is `kafka://host:port[,host:port][?options]`; [`config`] lists the options.
+//! The URL is `kafka://host:port[,host:port][?options]`; the `config` module lists the options.
 
 mod config;
 mod consumer;
