@@ -191,11 +191,12 @@ impl AppBuilder {
                 .filter(|t| !t.contains(['*', '#']))
                 .filter_map(|t| dead_letter::destination(&spec.dead_letter, t))
                 .map(|d| (Some(replay_group(&d)), d));
-            let consumed = consumed_topics(spec)
+            // A pattern's retry topic is a pattern too: nothing to declare.
+            let retries = retry_topics(spec)
                 .into_iter()
-                .filter(|t| !t.contains(['*', '#']) || spec.topics.contains(t))
-                .map(|t| (None, t));
-            for (keep_for, topic) in consumed.chain(dead_letters) {
+                .filter(|t| !t.contains(['*', '#']));
+            let consumed = spec.topics.iter().cloned().chain(retries);
+            for (keep_for, topic) in consumed.map(|t| (None, t)).chain(dead_letters) {
                 if !topics.iter().any(|t| t.name == topic) {
                     topics.push(TopicSpec {
                         name: topic,
@@ -246,15 +247,16 @@ impl AppBuilder {
         for sub in self.subscriptions {
             let spec = sub.spec().clone();
             let stats = Arc::new(SubscriptionStats::default());
+            let retries = retry_topics(&spec);
             let consumer = backend
                 .consume(ConsumerConfig {
                     group: spec.group.clone(),
-                    topics: consumed_topics(&spec),
+                    topics: spec.topics.iter().chain(&retries).cloned().collect(),
                     batch: self.batch,
                     prefetch: prefetch(&spec, self.max_buffered),
                     drain_timeout: self.drain_timeout,
                     stats: Arc::clone(&stats),
-                    delayed: consumed_topics(&spec)[spec.topics.len()..].to_vec(),
+                    delayed: retries,
                 })
                 .await
                 .map_err(|source| StartError::Backend {
@@ -305,23 +307,20 @@ impl AppBuilder {
     }
 }
 
-/// The topics a subscription consumes: its own, and under redeliver-later retries its group's
-/// retry topic of each (see [`redeliver`](crate::pipeline::redeliver)).
-fn consumed_topics(spec: &SubscriptionSpec) -> Vec<String> {
-    let mut topics = spec.topics.clone();
-    if spec
+/// The retry topics a subscription consumes beside its own under redeliver-later retries: its
+/// group's of each topic (see [`redeliver`](crate::pipeline::redeliver)); none otherwise.
+fn retry_topics(spec: &SubscriptionSpec) -> Vec<String> {
+    let redeliver = spec
         .retry
         .as_ref()
-        .is_some_and(|r| r.mode == RetryMode::Redeliver)
-    {
-        let retries: Vec<String> = spec
-            .topics
-            .iter()
-            .map(|t| redeliver::retry_topic(t, &spec.group))
-            .collect();
-        topics.extend(retries);
+        .is_some_and(|r| r.mode == RetryMode::Redeliver);
+    if !redeliver {
+        return Vec::new();
     }
-    topics
+    spec.topics
+        .iter()
+        .map(|t| redeliver::retry_topic(t, &spec.group))
+        .collect()
 }
 
 /// The window of unacknowledged deliveries a subscription asks the broker for: twice its

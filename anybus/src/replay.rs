@@ -23,7 +23,7 @@
 
 use crate::context::Context;
 use crate::error::HandlerError;
-use crate::message::{header, Message};
+use crate::message::{header, Message, Origin};
 use crate::subscription::{DeadLetter, Ordering, Subscription};
 
 /// The name of every replay subscription.
@@ -72,13 +72,13 @@ pub fn restore_dead_letter(letter: &Message) -> Result<Message, HandlerError> {
     for name in metadata {
         headers.remove(&name);
     }
-    let original = Message::new(topic.to_owned(), letter.payload().clone())
-        .with_id(letter.id())
-        .with_headers(headers);
-    Ok(match letter.key() {
-        Some(key) => original.with_key(key.clone()),
-        None => original,
-    })
+    Ok(Message::from_parts(
+        letter.id(),
+        letter.key().cloned(),
+        headers,
+        letter.payload().clone(),
+        Origin::topic(topic),
+    ))
 }
 
 #[cfg(test)]

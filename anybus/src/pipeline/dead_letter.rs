@@ -10,7 +10,7 @@
 use std::time::SystemTime;
 
 use crate::error::{FailureKind, HandlerError};
-use crate::message::{header, Message};
+use crate::message::{header, Message, Origin};
 use crate::subscription::DeadLetter;
 
 use super::redeliver;
@@ -100,18 +100,21 @@ pub(crate) fn dead_letter(message: &Message, to: &str, failure: &Failure<'_>) ->
     }
     put(header::DLQ_GROUP, failure.group.into());
     put(header::DLQ_ATTEMPTS, failure.attempts.to_string());
-    put(header::DLQ_FIRST_FAILURE_MS, millis(failure.first_failure));
-    put(header::DLQ_DEAD_LETTERED_MS, millis(failure.now));
+    put(
+        header::DLQ_FIRST_FAILURE_MS,
+        redeliver::millis(failure.first_failure),
+    );
+    put(header::DLQ_DEAD_LETTERED_MS, redeliver::millis(failure.now));
     if let Some(key) = message.key() {
         headers.insert(header::DLQ_KEY, key.clone());
     }
-    let letter = Message::new(to, message.payload().clone())
-        .with_id(message.id())
-        .with_headers(headers);
-    match message.key() {
-        Some(key) => letter.with_key(key.clone()),
-        None => letter,
-    }
+    Message::from_parts(
+        message.id(),
+        message.key().cloned(),
+        headers,
+        message.payload().clone(),
+        Origin::topic(to),
+    )
 }
 
 /// `text` cut to at most `bound` bytes, on a character boundary, with `…` when cut.
@@ -127,12 +130,6 @@ fn truncate(text: &str, bound: usize) -> String {
     format!("{}{ellipsis}", &text[..end])
 }
 
-fn millis(at: SystemTime) -> String {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -140,7 +137,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::message::{Headers, Origin};
+    use crate::message::Headers;
 
     fn consumed() -> Message {
         let mut headers = Headers::new();

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::message::{header, Message};
+use crate::message::{header, Message, Origin};
 use crate::subscription::RetrySpec;
 
 /// The retry topic of `topic` for `group`.
@@ -65,16 +65,17 @@ pub(crate) fn retry_copy(
     headers.insert(header::RETRY_DUE_MS, millis(due));
     headers.insert(header::RETRY_FIRST_FAILURE_MS, millis(first_failure));
     headers.insert(header::RETRY_TOPIC, original.clone());
-    let copy = Message::new(retry_topic(&original, group), message.payload().clone())
-        .with_id(message.id())
-        .with_headers(headers);
-    match message.key() {
-        Some(key) => copy.with_key(key.clone()),
-        None => copy,
-    }
+    Message::from_parts(
+        message.id(),
+        message.key().cloned(),
+        headers,
+        message.payload().clone(),
+        Origin::topic(retry_topic(&original, group)),
+    )
 }
 
-fn millis(at: SystemTime) -> String {
+/// `at` as milliseconds since the Unix epoch, the form of anybus's time headers.
+pub(crate) fn millis(at: SystemTime) -> String {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
         .to_string()
