@@ -5,15 +5,12 @@
 //! handled message. Each row reports msg/s (best and median of the rounds) and the overhead per
 //! message against the run without dedup.
 
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anybus::{App, DedupKey, HandlerError, Message, MessageId, Ordering, Subscription};
 use futures_util::future::join_all;
-use tokio::sync::Notify;
 
-use crate::{rates, thousands, Row};
+use crate::{rates, thousands, Clock, Row};
 
 /// Handlers at once.
 const CONCURRENCY: usize = 64;
@@ -31,10 +28,8 @@ async fn run(n: usize, store: Option<&str>) -> Duration {
             sent.expect("publish");
         }
     }
-    let handled = Arc::new(AtomicUsize::new(0));
-    let first = Arc::new(Mutex::new(None::<Instant>));
-    let all = Arc::new(Notify::new());
-    let (h, f, a) = (Arc::clone(&handled), Arc::clone(&first), Arc::clone(&all));
+    let clock = Clock::default();
+    let c = clock.clone();
     let mut subscription = Subscription::builder([topic])
         .group(format!("dedup-{}", MessageId::new()))
         .ordering(Ordering::None)
@@ -47,24 +42,14 @@ async fn run(n: usize, store: Option<&str>) -> Duration {
     let app = builder
         .subscribe(subscription.handler(move |m: Message| {
             std::hint::black_box(&m);
-            f.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert_with(Instant::now);
-            if h.fetch_add(1, AtomicOrdering::Relaxed) + 1 == n {
-                a.notify_one();
-            }
+            c.start();
+            c.done(n);
             std::future::ready(Ok::<(), HandlerError>(()))
         }))
         .connect(&broker)
         .await
         .expect("the consuming app");
-    tokio::time::timeout(Duration::from_secs(300), all.notified())
-        .await
-        .expect("every message handled within 300 s");
-    let took = first
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .map_or(Duration::ZERO, |t| t.elapsed());
+    let took = clock.wait(n).await;
     app.shutdown().await.expect("shutdown");
     publisher.shutdown().await.expect("shutdown the publisher");
     took

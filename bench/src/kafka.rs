@@ -6,8 +6,6 @@
 //! policy anybus follows with its own contiguous commits. Both are timed from their first
 //! message to their last, so that joining the group is not counted.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anybus::{App, HandlerError, Message, MessageId, Subscription};
@@ -18,10 +16,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use tokio::sync::Notify;
 
 use crate::memory::Event;
-use crate::{comparison, Row};
+use crate::{comparison, Clock, Row};
 
 const N: usize = 100_000;
 const ROUNDS: usize = 3;
@@ -135,35 +132,23 @@ async fn raw_consume(topic: &str, n: usize) -> Duration {
 }
 
 async fn anybus_consume(topic: &str, n: usize) -> Duration {
-    let handled = Arc::new(AtomicUsize::new(0));
-    let first = Arc::new(Mutex::new(None::<Instant>));
-    let done = Arc::new(Notify::new());
-    let (h, f, d) = (Arc::clone(&handled), Arc::clone(&first), Arc::clone(&done));
+    let clock = Clock::default();
+    let c = clock.clone();
     let app = App::builder()
         .subscribe(
             Subscription::builder([topic])
                 .group(format!("anybus-{}", MessageId::new()))
                 .handler(move |e: Event| {
                     std::hint::black_box(&e);
-                    if h.fetch_add(1, Ordering::Relaxed) == 0 {
-                        f.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert_with(Instant::now);
-                    }
-                    if h.load(Ordering::Relaxed) == n {
-                        d.notify_one();
-                    }
+                    c.start();
+                    c.done(n);
                     std::future::ready(Ok::<(), HandlerError>(()))
                 }),
         )
         .connect(&url())
         .await
         .expect("anybus on kafka");
-    done.notified().await;
-    let took = first
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .map_or(Duration::ZERO, |f| f.elapsed());
+    let took = clock.wait(n).await;
     app.shutdown().await.expect("shutdown");
     took
 }

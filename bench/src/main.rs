@@ -51,7 +51,11 @@ mod retry;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use alloc::Counts;
 use memory::{Payload, Phase};
@@ -131,6 +135,52 @@ pub fn rates(n: usize, runs: &mut [Duration]) -> (f64, f64) {
     runs.sort();
     let per_sec = |d: Duration| n as f64 / d.as_secs_f64();
     (per_sec(runs[0]), per_sec(runs[runs.len() / 2]))
+}
+
+/// How long a run that times an app may take before the bench gives up on it.
+pub const GIVE_UP: Duration = Duration::from_secs(300);
+
+/// The clock of the rows that time an app: from the first handler start to the n-th handled
+/// message. Cloned into the handler.
+#[derive(Clone, Default)]
+pub struct Clock {
+    first: Arc<Mutex<Option<Instant>>>,
+    handled: Arc<AtomicUsize>,
+    all: Arc<Notify>,
+}
+
+impl Clock {
+    /// A handler started: the first call starts the clock.
+    pub fn start(&self) {
+        self.first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
+    }
+
+    /// A message was handled, of `n` in all.
+    pub fn done(&self, n: usize) {
+        if self.handled.fetch_add(1, AtomicOrdering::SeqCst) + 1 == n {
+            self.all.notify_one();
+        }
+    }
+
+    /// Waits until `n` were handled (panicking after [`GIVE_UP`]), and says how long that took
+    /// from the first start.
+    pub async fn wait(&self, n: usize) -> Duration {
+        tokio::time::timeout(GIVE_UP, self.all.notified())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of {n} handled after {GIVE_UP:?}",
+                    self.handled.load(AtomicOrdering::SeqCst)
+                )
+            });
+        self.first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(Duration::ZERO, |f| f.elapsed())
+    }
 }
 
 /// `1234567.8` → `1,234,568`.

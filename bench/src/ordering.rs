@@ -12,22 +12,19 @@
 //! on 0–5 ms waits alone costs ~1.45 × the ideal, for anybus and plain tasks alike.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anybus::{App, HandlerError, Message, MessageId, Ordering, Subscription};
 use futures_util::future::join_all;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::Row;
+use crate::{Clock, Row};
 
 /// Messages per run.
 const N: usize = 10_000;
 /// Handlers at once.
 const CONCURRENCY: usize = 100;
-/// How long a run may take before the bench gives up on it.
-const GIVE_UP: Duration = Duration::from_secs(300);
 /// The longest simulated work, in microseconds.
 const MAX_WORK_US: u64 = 5_000;
 
@@ -218,10 +215,8 @@ async fn publish(url: &str, topic: &str, case: Case, work: &[Duration]) {
 
 /// Consumes the case's topic with anybus: first handler start to last handler end.
 async fn consume(url: &str, topic: &str, case: Case, timer: &Timer) -> Duration {
-    let handled = Arc::new(AtomicUsize::new(0));
-    let first = Arc::new(Mutex::new(None::<Instant>));
-    let done = Arc::new(Notify::new());
-    let (h, f, d) = (Arc::clone(&handled), Arc::clone(&first), Arc::clone(&done));
+    let clock = Clock::default();
+    let c = clock.clone();
     let timer = timer.clone();
     let app = App::builder()
         .subscribe(
@@ -231,20 +226,15 @@ async fn consume(url: &str, topic: &str, case: Case, timer: &Timer) -> Duration 
                 .ordering(case.ordering)
                 .concurrency(CONCURRENCY)
                 .handler(move |m: Message| {
-                    let (h, f, d) = (Arc::clone(&h), Arc::clone(&f), Arc::clone(&d));
-                    let timer = timer.clone();
+                    let (clock, timer) = (c.clone(), timer.clone());
                     async move {
-                        f.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert_with(Instant::now);
+                        clock.start();
                         let us: u64 = std::str::from_utf8(m.payload())
                             .ok()
                             .and_then(|s| s.parse().ok())
                             .unwrap_or_default();
                         timer.sleep(Duration::from_micros(us)).await;
-                        if h.fetch_add(1, AtomicOrdering::SeqCst) + 1 == N {
-                            d.notify_one();
-                        }
+                        clock.done(N);
                         Ok::<(), HandlerError>(())
                     }
                 }),
@@ -252,18 +242,7 @@ async fn consume(url: &str, topic: &str, case: Case, timer: &Timer) -> Duration 
         .connect(url)
         .await
         .expect("the consuming app");
-    tokio::time::timeout(GIVE_UP, done.notified())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} of {N} handled after {GIVE_UP:?}",
-                handled.load(AtomicOrdering::SeqCst)
-            )
-        });
-    let took = first
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .map_or(Duration::ZERO, |f| f.elapsed());
+    let took = clock.wait(N).await;
     app.shutdown().await.expect("shutdown");
     took
 }

@@ -7,18 +7,15 @@
 //! (no jitter). Under partition order the retry holds back its partition; under key order
 //! (64 keys, concurrency 64) only its key.
 
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anybus::{
     App, Backoff, Context, HandlerError, Message, MessageId, Ordering, RetryMode, RetrySpec,
     Subscription,
 };
 use futures_util::future::join_all;
-use tokio::sync::Notify;
 
-use crate::{rates, thousands, Row};
+use crate::{rates, thousands, Clock, Row};
 
 /// Partitions of the topic (RabbitMQ: one queue).
 const PARTITIONS: u32 = 4;
@@ -63,36 +60,6 @@ fn subscription(
                 Ok(())
             })
         })
-}
-
-/// First handler start to the n-th success.
-#[derive(Clone, Default)]
-struct Clock {
-    first: Arc<Mutex<Option<Instant>>>,
-    handled: Arc<AtomicUsize>,
-    all: Arc<Notify>,
-}
-
-impl Clock {
-    fn start(&self) {
-        self.first
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(Instant::now);
-    }
-
-    fn done(&self, n: usize) {
-        if self.handled.fetch_add(1, AtomicOrdering::SeqCst) + 1 == n {
-            self.all.notify_one();
-        }
-    }
-
-    fn elapsed(&self) -> Duration {
-        self.first
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map_or(Duration::ZERO, |f| f.elapsed())
-    }
 }
 
 /// One run: `n` messages, every `fail_every`-th failing once.
@@ -150,15 +117,7 @@ where
         .connect(url)
         .await
         .expect("the consuming app");
-    tokio::time::timeout(Duration::from_secs(300), clock.all.notified())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} of {n} handled after 300 s",
-                clock.handled.load(AtomicOrdering::SeqCst)
-            )
-        });
-    let took = clock.elapsed();
+    let took = clock.wait(n).await;
     app.shutdown().await.expect("shutdown");
     took
 }
