@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/anybus/target}"
 
 trap 'tests/brokers.sh down' EXIT
-tests/brokers.sh up kafka rabbitmq redis
+tests/brokers.sh up kafka rabbitmq redis postgres
 
 # Every test with every backend compiled in, against the brokers started above.
 cargo test --workspace --all-features
-# What a build without the broker features says when asked for a broker (a small build: the
-# runtime crate alone).
-cargo test -p anybus --test start
+# What a build without the broker features says when asked for a broker, and the macro's
+# compile errors as a user without features sees them (a small build: the runtime crate alone).
+cargo test -p anybus --test start --test macro_ui

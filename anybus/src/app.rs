@@ -35,7 +35,7 @@ use crate::dedup::{self, DedupError};
 use crate::message::MessageId;
 use crate::observe::{StatsSnapshot, SubscriptionStats, TopicPartition};
 use crate::pipeline::ordering::Dispatch;
-use crate::pipeline::{dead_letter, redeliver, Dedup, Worker};
+use crate::pipeline::{dead_letter, redeliver, Dedup, InboxAvailability, Worker};
 use crate::publish::{Publisher, Replies};
 use crate::replay::replay_group;
 use crate::subscription::{DeadLetter, Ordering, RetryMode, Subscription, SubscriptionSpec};
@@ -171,7 +171,7 @@ impl AppBuilder {
     pub async fn connect(self, url: &str) -> Result<App, StartError> {
         let url = BrokerUrl::parse(url)?;
         for sub in &self.subscriptions {
-            check(sub, &self.state)?;
+            check(sub, &self.state, &self.dedup.store)?;
         }
         let backend = backend::connect(&url).await?;
         let dedup_store = if self.subscriptions.iter().any(|s| s.spec().dedup.is_some()) {
@@ -336,7 +336,7 @@ fn prefetch(spec: &SubscriptionSpec, max_buffered: usize) -> usize {
 }
 
 /// Rejects what cannot be honoured, naming the option, before anything is consumed.
-fn check(sub: &Subscription, state: &StateMap) -> Result<(), StartError> {
+fn check(sub: &Subscription, state: &StateMap, dedup_store: &str) -> Result<(), StartError> {
     let spec: &SubscriptionSpec = sub.spec();
     let name = || spec.name.clone();
     if spec.topics.is_empty() || spec.topics.iter().any(String::is_empty) {
@@ -377,11 +377,30 @@ fn check(sub: &Subscription, state: &StateMap) -> Result<(), StartError> {
             reason: "dead_letter: the destination name is empty".into(),
         });
     }
-    sub.check_extractors(state)
+    let mut state = state.clone();
+    state.insert(Arc::new(InboxAvailability(inbox_availability(
+        spec,
+        dedup_store,
+    ))));
+    sub.check_extractors(&state)
         .map_err(|reason| StartError::Invalid {
             subscription: name(),
             reason,
         })
+}
+
+/// Whether a handler of `spec` may take an `Inbox`, and if not, why not.
+fn inbox_availability(spec: &SubscriptionSpec, dedup_store: &str) -> Result<(), String> {
+    if spec.dedup.is_none() {
+        return Err("the handler takes an Inbox, which needs `dedup` on its subscription".into());
+    }
+    if !(dedup_store.starts_with("postgres://") || dedup_store.starts_with("postgresql://")) {
+        return Err(format!(
+            "the handler takes an Inbox, which needs a PostgreSQL dedup store, but the store is {}; call AppBuilder::dedup_store(\"postgres://…\")",
+            crate::url::redact(dedup_store)
+        ));
+    }
+    Ok(())
 }
 
 async fn receive_replies(

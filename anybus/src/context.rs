@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::message::{header, Headers, Message, MessageId};
+use crate::pipeline::DedupTicket;
 use crate::publish::Publisher;
 
 /// The delivery being handled: where it came from, its key, headers and id, which attempt this
@@ -21,6 +22,8 @@ pub struct Context {
     attempt: u32,
     publisher: Publisher,
     state: Arc<StateMap>,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    dedup: Option<Arc<DedupTicket>>,
 }
 
 impl Context {
@@ -30,6 +33,7 @@ impl Context {
         attempt: u32,
         publisher: Publisher,
         state: Arc<StateMap>,
+        dedup: Option<Arc<DedupTicket>>,
     ) -> Self {
         Self {
             message,
@@ -37,7 +41,14 @@ impl Context {
             attempt,
             publisher,
             state,
+            dedup,
         }
+    }
+
+    /// The dedup key this delivery holds, when its subscription deduplicates.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn dedup(&self) -> Option<&Arc<DedupTicket>> {
+        self.dedup.as_ref()
     }
 
     /// The topic the message was read from.
@@ -123,7 +134,7 @@ impl<T> Deref for State<T> {
 pub struct Key(pub Option<Bytes>);
 
 /// Registered shared state, by type.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct StateMap(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
 
 impl StateMap {

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, Barrier, Semaphore};
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod stores;
 
 /// How long a test waits for an event before it fails. A bound on failure, not a sleep.
 pub const PATIENCE: Duration = Duration::from_secs(30);

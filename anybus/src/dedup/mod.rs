@@ -15,11 +15,17 @@
 //!   handler. A member that crashed after reserving lets its lease expire, and the next delivery
 //!   takes over.
 //!
-//! A store that fails makes the delivery a transient failure: it is retried, never skipped and
-//! never handled twice on the store's account. Keys are scoped by consumer group, so two groups
-//! never suppress each other.
+//! A store that fails before the handler makes the delivery a transient failure: it comes
+//! again, and is never skipped. A completion that fails is tried again, with backoff, until the
+//! store takes it (the message is not acked meanwhile), so a store outage delays work but does
+//! not repeat it. What is left is a crash between the handler's effect and the completion: the
+//! lease runs out and the handler runs again. With PostgreSQL, the `Inbox` (feature `postgres`)
+//! closes that gap by making the completion part of the handler's own transaction. Keys are
+//! scoped by consumer group, so two groups never suppress each other.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -32,8 +38,13 @@ use crate::message::Message;
 use crate::subscription::DedupKey;
 
 pub use self::memory::MemoryDedupStore;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{Inbox, InboxError, InboxTransaction, PostgresDedupStore};
 #[cfg(feature = "redis")]
 pub use self::redis::RedisDedupStore;
+/// The PostgreSQL driver the store and the [`Inbox`] use, for the handler's own queries.
+#[cfg(feature = "postgres")]
+pub use sqlx;
 
 /// What a reservation found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,9 +92,18 @@ pub trait DedupStore: Send + Sync + fmt::Debug + 'static {
     /// Gives up a lease on `key`, so that the next delivery may take it at once.
     fn release<'a>(&'a self, group: &'a str, key: &'a str)
         -> BoxFuture<'a, Result<(), DedupError>>;
+
+    /// The store as the PostgreSQL store, which alone can give an [`Inbox`]. Not for other
+    /// implementations.
+    #[cfg(feature = "postgres")]
+    #[doc(hidden)]
+    fn as_postgres(self: Arc<Self>) -> Option<Arc<PostgresDedupStore>> {
+        None
+    }
 }
 
-/// Opens the store `url` names: `memory://[?max_entries=N]`.
+/// Opens the store `url` names: `memory://[?max_entries=N]`, `redis://…` (feature `redis`) or
+/// `postgres://…` (feature `postgres`).
 pub async fn connect(url: &str) -> Result<Arc<dyn DedupStore>, DedupError> {
     let shown = crate::url::redact(url);
     let refused = |reason: String| DedupError {
@@ -116,18 +136,21 @@ pub async fn connect(url: &str) -> Result<Arc<dyn DedupStore>, DedupError> {
         "redis" | "rediss" => Err(refused(
             "the Redis store needs anybus's cargo feature `redis`".into(),
         )),
-        "postgres" | "postgresql" => Err(refused(format!(
-            "the {scheme} dedup store is not built yet; use memory:// or redis://"
-        ))),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(PostgresDedupStore::connect(url).await?),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(refused(
+            "the PostgreSQL store needs anybus's cargo feature `postgres`".into(),
+        )),
         other => Err(refused(format!(
-            "unknown scheme `{other}`: the dedup stores are memory:// and redis://"
+            "unknown scheme `{other}`: the dedup stores are memory://, redis:// and postgres://"
         ))),
     }
 }
 
 /// `text` with the password of `url`, if it has one, replaced by `***`: client errors may
 /// quote the URL.
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 fn scrub(url: &str, text: &str) -> String {
     let password = url
         .split_once("://")

@@ -21,7 +21,7 @@ pub(crate) mod ordering;
 pub(crate) mod redeliver;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -104,19 +104,25 @@ impl Worker {
             Gate::Settled => return,
             Gate::NoKey(error) => (None, Some(error)),
         };
+        // Whether the handler's inbox transaction already completed the key.
+        let mut done_in_inbox = false;
         let outcome = if let Some(error) = unkeyed {
             first_failure.get_or_insert_with(SystemTime::now);
             Outcome::Failed(error)
         } else {
             loop {
+                let ticket = self.ticket(key.as_deref());
                 let ctx = Context::new(
                     Arc::clone(&message),
                     Arc::clone(&self.group),
                     attempt,
                     self.publisher.clone(),
                     Arc::clone(&self.state),
+                    ticket.clone(),
                 );
                 let outcome = unwound(|| call(ctx)).instrument(span.clone()).await;
+                let (outcome, completed) = inbox_outcome(outcome, ticket.as_deref());
+                done_in_inbox = completed;
                 if matches!(outcome, Outcome::Failed(_)) {
                     first_failure.get_or_insert_with(SystemTime::now);
                 }
@@ -153,11 +159,14 @@ impl Worker {
         match &outcome {
             Outcome::Failed(_) => self.release(key.as_deref()).await,
             Outcome::Done { .. } => {
-                if !self.complete(key.as_deref()).instrument(span.clone()).await {
-                    // Not remembered: acking now could let a redelivery run the handler again
-                    // unseen, so the message comes again and meets its lease instead.
-                    SubscriptionStats::count(&self.stats.transient_failures);
-                    self.settler.nack(&receipt);
+                if !done_in_inbox
+                    && !self
+                        .complete(key.as_deref(), &receipt)
+                        .instrument(span.clone())
+                        .await
+                {
+                    // Its new owner has the message (and meets the lease until it runs out).
+                    SubscriptionStats::count(&self.stats.skipped_stale);
                     return;
                 }
             }
@@ -267,28 +276,41 @@ impl Worker {
         }
     }
 
-    /// Marks a handled message's dedup key done; `false` if the store would not, after a few
-    /// tries.
-    async fn complete(&self, key: Option<&str>) -> bool {
+    /// What a handler's [`Context`] knows of the dedup key its delivery holds.
+    fn ticket(&self, key: Option<&str>) -> Option<Arc<DedupTicket>> {
+        let (Some(dedup), Some(key)) = (&self.dedup, key) else {
+            return None;
+        };
+        Some(Arc::new(DedupTicket {
+            store: Arc::clone(&dedup.store),
+            group: Arc::clone(&self.group),
+            key: key.to_owned(),
+            ttl: dedup.ttl,
+            inbox: AtomicU8::new(INBOX_UNUSED),
+        }))
+    }
+
+    /// Marks a handled message's dedup key done, trying again with backoff for as long as the
+    /// store fails and the delivery is still this member's: nacking instead would let the
+    /// redelivery run the handler a second time once the lease ran out. `false` only when the
+    /// partition moved to another member meanwhile.
+    async fn complete(&self, key: Option<&str>, receipt: &Receipt) -> bool {
         let (Some(dedup), Some(key)) = (&self.dedup, key) else {
             return true;
         };
-        let mut waits = [10, 50, 250]
-            .into_iter()
-            .map(std::time::Duration::from_millis);
+        let mut wait = std::time::Duration::from_millis(10);
         loop {
             match dedup.store.complete(&self.group, key, dedup.ttl).await {
                 Ok(()) => return true,
-                Err(error) => match waits.next() {
-                    Some(wait) => {
-                        tracing::warn!(%error, ?wait, "dedup store failed to complete a key; trying again");
-                        tokio::time::sleep(wait).await;
-                    }
-                    None => {
-                        tracing::error!(%error, key, "dedup store failed to complete a key; the message will be delivered again");
+                Err(error) => {
+                    tracing::warn!(%error, key, ?wait, "dedup store failed to complete a key; trying again");
+                    SubscriptionStats::count(&self.stats.transient_failures);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(1));
+                    if !self.settler.is_current(receipt) {
                         return false;
                     }
-                },
+                }
             }
         }
     }
@@ -447,6 +469,79 @@ pub(crate) struct Dedup {
     pub(crate) lease: std::time::Duration,
     /// How long a handled key is remembered.
     pub(crate) ttl: std::time::Duration,
+}
+
+/// The dedup key one handler call holds, as its [`Context`] carries it (for the inbox).
+pub(crate) struct DedupTicket {
+    /// The store that holds the key.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) store: Arc<dyn DedupStore>,
+    /// The consumer group that holds it.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) group: Arc<str>,
+    /// The key.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) key: String,
+    /// How long it is remembered once done.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) ttl: std::time::Duration,
+    /// What the handler did with its inbox transaction: [`INBOX_UNUSED`], [`INBOX_BEGUN`] or
+    /// [`INBOX_COMMITTED`].
+    inbox: AtomicU8,
+}
+
+const INBOX_UNUSED: u8 = 0;
+const INBOX_BEGUN: u8 = 1;
+const INBOX_COMMITTED: u8 = 2;
+
+/// What the app tells the `Inbox` extractor's start check about one subscription: why it
+/// cannot have an inbox, if it cannot.
+pub(crate) struct InboxAvailability(pub(crate) Result<(), String>);
+
+impl DedupTicket {
+    /// The handler began an inbox transaction (which marked the key done in it).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn inbox_begun(&self) {
+        self.inbox.store(INBOX_BEGUN, AtomicOrdering::Release);
+    }
+
+    /// The handler committed its inbox transaction: the key is done.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn inbox_committed(&self) {
+        self.inbox.store(INBOX_COMMITTED, AtomicOrdering::Release);
+    }
+
+    /// The handler rolled its inbox transaction back on purpose: as if it had not begun one.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn inbox_rolled_back(&self) {
+        self.inbox.store(INBOX_UNUSED, AtomicOrdering::Release);
+    }
+
+    /// Whether the subscription being checked may take an inbox (see [`InboxAvailability`]).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn check_inbox(state: &crate::StateMap) -> Result<(), String> {
+        match state.get::<InboxAvailability>() {
+            Some(availability) => availability.0 .0.clone(),
+            None => Err("the handler takes an Inbox outside an app".into()),
+        }
+    }
+}
+
+/// A handler's outcome in the light of its inbox transaction, and whether that transaction
+/// completed the key. `Ok` from a handler that began a transaction and neither committed nor
+/// rolled it back means its writes were dropped: a permanent failure, not a success.
+fn inbox_outcome(outcome: Outcome, ticket: Option<&DedupTicket>) -> (Outcome, bool) {
+    let used = ticket.map_or(INBOX_UNUSED, |t| t.inbox.load(AtomicOrdering::Acquire));
+    match (outcome, used) {
+        (outcome @ Outcome::Done { .. }, INBOX_COMMITTED) => (outcome, true),
+        (Outcome::Done { .. }, INBOX_BEGUN) => (
+            Outcome::Failed(HandlerError::permanent(
+                "the handler returned Ok without committing its inbox transaction, so its writes were rolled back",
+            )),
+            false,
+        ),
+        (outcome, _) => (outcome, false),
+    }
 }
 
 /// What the dedup gate decided for a delivery.
