@@ -15,8 +15,28 @@ use crate::{rates, thousands, Clock, Row};
 /// Handlers at once.
 const CONCURRENCY: usize = 64;
 
+/// How a row deduplicates.
+pub enum Store {
+    /// Through the store of this URL.
+    Url(String),
+    /// Through the PostgreSQL store of this URL, each handler also beginning and committing
+    /// its inbox transaction (which completes the key).
+    #[cfg(feature = "postgres")]
+    Inbox(String),
+}
+
+impl Store {
+    fn url(&self) -> &str {
+        match self {
+            Store::Url(url) => url,
+            #[cfg(feature = "postgres")]
+            Store::Inbox(url) => url,
+        }
+    }
+}
+
 /// One run: `n` messages, deduplicated through `store` (or not).
-async fn run(n: usize, store: Option<&str>) -> Duration {
+async fn run(n: usize, store: Option<&Store>) -> Duration {
     let broker = format!("memory://bench-dedup-{}", MessageId::new());
     let topic = "bench-dedup";
     let publisher = App::builder().connect(&broker).await.expect("a publisher");
@@ -37,15 +57,31 @@ async fn run(n: usize, store: Option<&str>) -> Duration {
     let mut builder = App::builder();
     if let Some(store) = store {
         subscription = subscription.dedup(DedupKey::MessageId);
-        builder = builder.dedup_store(store);
+        builder = builder.dedup_store(store.url());
     }
-    let app = builder
-        .subscribe(subscription.handler(move |m: Message| {
+    let subscription = match store {
+        #[cfg(feature = "postgres")]
+        Some(Store::Inbox(_)) => {
+            subscription.handler(move |m: Message, inbox: anybus::dedup::Inbox| {
+                let c = c.clone();
+                async move {
+                    std::hint::black_box(&m);
+                    c.start();
+                    inbox.begin().await?.commit().await?;
+                    c.done(n);
+                    Ok::<(), HandlerError>(())
+                }
+            })
+        }
+        _ => subscription.handler(move |m: Message| {
             std::hint::black_box(&m);
             c.start();
             c.done(n);
             std::future::ready(Ok::<(), HandlerError>(()))
-        }))
+        }),
+    };
+    let app = builder
+        .subscribe(subscription)
         .connect(&broker)
         .await
         .expect("the consuming app");
@@ -57,13 +93,13 @@ async fn run(n: usize, store: Option<&str>) -> Duration {
 
 /// The rows: no dedup, then each store in `stores` (name, URL), `rounds` interleaved rounds of
 /// `n` messages.
-pub async fn rows(stores: &[(&str, String)], n: usize, rounds: usize, rows: &mut Vec<Row>) {
+pub async fn rows(stores: &[(&str, Store)], n: usize, rounds: usize, rows: &mut Vec<Row>) {
     let mut none = Vec::new();
     let mut with: Vec<Vec<Duration>> = vec![Vec::new(); stores.len()];
     for _ in 0..rounds {
         none.push(run(n, None).await);
-        for (i, (_, url)) in stores.iter().enumerate() {
-            with[i].push(run(n, Some(url)).await);
+        for (i, (_, store)) in stores.iter().enumerate() {
+            with[i].push(run(n, Some(store)).await);
         }
     }
     let (none_best, none_median) = rates(n, &mut none);
@@ -76,7 +112,7 @@ pub async fn rows(stores: &[(&str, String)], n: usize, rounds: usize, rows: &mut
         let (best, median) = rates(n, runs);
         let overhead_us = (1.0 / median - 1.0 / none_median) * 1e6;
         rows.push(Row::new(
-            format!("memory backend, {n} msgs, unordered, concurrency {CONCURRENCY}: consume with the {name} dedup store, msg/s (best / median of {rounds})"),
+            format!("memory backend, {n} msgs, unordered, concurrency {CONCURRENCY}: consume with {name}, msg/s (best / median of {rounds})"),
             format!(
                 "{} / {}; +{overhead_us:.2} µs per message (median)",
                 thousands(best),

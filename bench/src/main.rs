@@ -8,7 +8,7 @@
 //! cargo run --release -p anybus-bench --features rabbitmq   # + RabbitMQ rows (broker on :5672)
 //! cargo run --release -p anybus-bench -- ordering           # the ordering rows alone (+ Kafka with the feature)
 //! cargo run --release -p anybus-bench -- retry              # the retry rows alone (+ brokers with the features)
-//! cargo run --release -p anybus-bench --features redis -- dedup   # the dedup rows (Redis on :6379)
+//! cargo run --release -p anybus-bench --features redis,postgres -- dedup   # the dedup rows (Redis on :6379, PostgreSQL on :5432)
 //! cargo run --release -p anybus-bench -- scenario end-to-end raw 1 multi 20   # one scenario, for perf
 //! ```
 //!
@@ -35,7 +35,7 @@
 //!   one partition with 0–5 ms of timer work each at concurrency 100, under partition, key and
 //!   no ordering; wall time against the ideal, on memory and (with the feature) on Kafka.
 //! * **Dedup** (see `dedup.rs`): consume throughput on the memory backend with each dedup store
-//!   (memory; Redis with the feature) against none, at concurrency 64.
+//!   (memory; Redis and PostgreSQL with their features) against none, at concurrency 64.
 //! * **Retry** (see `retry.rs`): consume throughput with 1 % of the messages failing once and
 //!   retried in process, against none failing, on memory and on each broker compiled in.
 
@@ -693,14 +693,30 @@ fn main() {
         ));
     }
     if only.is_empty() || only == "memory" || only == "dedup" {
-        // Without the feature there is no Redis row to add.
-        #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
-        let mut stores = vec![("memory", "memory://".to_owned())];
+        // Without the features there is no Redis or PostgreSQL row to add.
+        #[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(unused_mut))]
+        let mut stores = vec![(
+            "the memory dedup store",
+            dedup::Store::Url("memory://".into()),
+        )];
         #[cfg(feature = "redis")]
         stores.push((
-            "Redis",
-            std::env::var("ANYBUS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            "the Redis dedup store",
+            dedup::Store::Url(
+                std::env::var("ANYBUS_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            ),
         ));
+        #[cfg(feature = "postgres")]
+        {
+            let url = std::env::var("ANYBUS_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://anybus:anybus@127.0.0.1:5432/anybus".into());
+            stores.push(("the PostgreSQL dedup store", dedup::Store::Url(url.clone())));
+            stores.push((
+                "the PostgreSQL store and an inbox transaction per message",
+                dedup::Store::Inbox(url),
+            ));
+        }
         Flavor::MultiThread
             .runtime()
             .block_on(dedup::rows(&stores, 50_000, 3, &mut rows));

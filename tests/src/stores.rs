@@ -42,6 +42,53 @@ pub async fn of_100_concurrent_reservations_of_one_key_exactly_one_is_fresh(
     assert_eq!(found.get("InProgress"), Some(&99), "{found:?}");
 }
 
+/// Of 1,000 concurrent reservations over 100 keys, exactly one per key is `Fresh` (a store
+/// that sends operations in batches meets the same key twice in one batch); concurrent
+/// completions of all of them are then `Done`.
+pub async fn concurrent_reservations_of_many_keys_give_one_fresh_per_key(
+    store: Arc<dyn DedupStore>,
+) {
+    const KEYS: usize = 100;
+    let group = MessageId::new().to_string();
+    let tasks: Vec<_> = (0..10 * KEYS)
+        .map(|i| {
+            let (store, group) = (Arc::clone(&store), group.clone());
+            tokio::spawn(async move {
+                let key = (i % KEYS).to_string();
+                let found = store.reserve(&group, &key, LEASE).await;
+                (key, found)
+            })
+        })
+        .collect();
+    let mut fresh: HashMap<String, usize> = HashMap::new();
+    for task in tasks {
+        let (key, found) = task.await.expect("task");
+        match found.expect("reserve") {
+            Reservation::Fresh => *fresh.entry(key).or_default() += 1,
+            Reservation::InProgress => {}
+            Reservation::Done => panic!("{key} is done before anyone completed it"),
+        }
+    }
+    assert_eq!(fresh.len(), KEYS, "{fresh:?}");
+    assert!(fresh.values().all(|n| *n == 1), "{fresh:?}");
+    let completions: Vec<_> = (0..KEYS)
+        .map(|key| {
+            let (store, group) = (Arc::clone(&store), group.clone());
+            tokio::spawn(async move { store.complete(&group, &key.to_string(), TTL).await })
+        })
+        .collect();
+    for completion in completions {
+        completion.await.expect("task").expect("complete");
+    }
+    for key in 0..KEYS {
+        assert_eq!(
+            store.reserve(&group, &key.to_string(), LEASE).await.ok(),
+            Some(Reservation::Done),
+            "key {key}"
+        );
+    }
+}
+
 /// A lease holds off other reservers until it runs out, and not longer.
 pub async fn an_expired_lease_lets_the_next_reserver_in(store: Arc<dyn DedupStore>) {
     let group = MessageId::new().to_string();
@@ -229,6 +276,7 @@ macro_rules! store_suite {
     ($url:expr, $server:literal) => {
         $crate::store_suite!(@store $url, $server;
             of_100_concurrent_reservations_of_one_key_exactly_one_is_fresh,
+            concurrent_reservations_of_many_keys_give_one_fresh_per_key,
             an_expired_lease_lets_the_next_reserver_in,
             completion_release_and_groups,
             a_completion_is_forgotten_after_its_ttl,

@@ -9,6 +9,11 @@
 //! `reserve` is one `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at <= now`, so taking a free
 //! or expired key is atomic and of many concurrent reservers exactly one wins. Expired rows are
 //! deleted by the store in the background, a bounded batch a minute.
+//!
+//! Reservations and completions that arrive while others are on their way to the database are
+//! sent together, as one statement over arrays (`unnest`): one round trip and one commit for a
+//! batch, which is what lets one database keep up with many concurrent deliveries. A lone
+//! operation goes at once, so batching adds no wait.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -24,6 +29,9 @@ use crate::handler::{BoxFuture, FromContext};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections of the pool when the URL does not say (`?max_connections=N`).
 const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+/// Batches of each kind in flight at once, and the most operations in one.
+const BATCHERS: usize = 2;
+const MAX_BATCH: usize = 512;
 /// How often expired rows are deleted, and how many at most each time.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const SWEEP_BATCH: i64 = 10_000;
@@ -39,24 +47,33 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS anybus_dedup (
     PRIMARY KEY (consumer_group, dedup_key)
 )";
 
-/// 0 when this call took the key (new, or its lease or TTL ran out), else 2 for done and 1 for
-/// leased. No row at all means another reserver inserted the key after this statement's
-/// snapshot was taken: it holds a lease.
-const RESERVE: &str = "WITH taken AS (
+/// Takes each `(group, key, lease)` of the arrays that is free or expired. For each input row
+/// (by its position, from 1): 0 when this statement took it, else 2 for done and 1 for leased.
+/// A key that another reserver inserted after this statement's snapshot shows neither as taken
+/// nor as a row: it comes out as leased, which it is. Rows are inserted in key order, so two
+/// batches never wait on each other's rows in a cycle.
+const RESERVE: &str = "WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
+        WITH ORDINALITY AS i(grp, key, lease, n)
+), taken AS (
     INSERT INTO anybus_dedup AS d (consumer_group, dedup_key, done, expires_at)
-    VALUES ($1, $2, false, clock_timestamp() + make_interval(secs => $3))
+    SELECT grp, key, false, clock_timestamp() + make_interval(secs => lease)
+        FROM input ORDER BY grp, key
     ON CONFLICT (consumer_group, dedup_key) DO UPDATE
         SET done = false, expires_at = EXCLUDED.expires_at
         WHERE d.expires_at <= clock_timestamp()
-    RETURNING 0 AS found
+    RETURNING consumer_group, dedup_key
 )
-SELECT found FROM taken
-UNION ALL
-SELECT CASE WHEN done THEN 2 ELSE 1 END FROM anybus_dedup
-    WHERE consumer_group = $1 AND dedup_key = $2 AND NOT EXISTS (SELECT 1 FROM taken)";
+SELECT input.n, CASE WHEN t.dedup_key IS NOT NULL THEN 0 WHEN e.done THEN 2 ELSE 1 END
+FROM input
+LEFT JOIN taken t ON t.consumer_group = input.grp AND t.dedup_key = input.key
+LEFT JOIN anybus_dedup e ON e.consumer_group = input.grp AND e.dedup_key = input.key";
 
+/// Marks each `(group, key)` of the arrays done for its TTL.
 const COMPLETE: &str = "INSERT INTO anybus_dedup (consumer_group, dedup_key, done, expires_at)
-    VALUES ($1, $2, true, clock_timestamp() + make_interval(secs => $3))
+    SELECT grp, key, true, clock_timestamp() + make_interval(secs => ttl)
+        FROM unnest($1::text[], $2::text[], $3::float8[]) AS i(grp, key, ttl)
+        ORDER BY grp, key
     ON CONFLICT (consumer_group, dedup_key) DO UPDATE
         SET done = true, expires_at = EXCLUDED.expires_at";
 
@@ -76,6 +93,9 @@ const SWEEP: &str = "DELETE FROM anybus_dedup WHERE ctid = ANY(ARRAY(
 /// A [`DedupStore`] on PostgreSQL, and the pool an [`Inbox`] takes its transactions from.
 pub struct PostgresDedupStore {
     pool: PgPool,
+    /// Reservations and completions on their way to the batchers.
+    reserves: async_channel::Sender<Op<Reservation>>,
+    completes: async_channel::Sender<Op<()>>,
     /// The URL with the password hidden, for errors.
     shown: String,
     /// The password, to scrub from error texts.
@@ -118,11 +138,27 @@ impl PostgresDedupStore {
             .await
             .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| failed(e.to_string()))?;
+        let (reserves, reserve_ops) = async_channel::unbounded();
+        let (completes, complete_ops) = async_channel::unbounded();
         let store = Arc::new(Self {
             pool,
+            reserves,
+            completes,
             shown,
             url: url.to_owned(),
         });
+        for _ in 0..BATCHERS {
+            tokio::spawn(batches(
+                reserve_ops.clone(),
+                Arc::downgrade(&store),
+                reserve_batch,
+            ));
+            tokio::spawn(batches(
+                complete_ops.clone(),
+                Arc::downgrade(&store),
+                complete_batch,
+            ));
+        }
         tokio::spawn(sweep(Arc::downgrade(&store)));
         Ok(store)
     }
@@ -185,6 +221,138 @@ async fn sweep(store: Weak<PostgresDedupStore>) {
     }
 }
 
+/// One reservation or completion waiting for its batch, and where its answer goes.
+struct Op<T> {
+    group: String,
+    key: String,
+    /// The lease or the TTL.
+    time: Duration,
+    answer: tokio::sync::oneshot::Sender<Result<T, DedupError>>,
+}
+
+/// Takes what is waiting (at least one operation, at most [`MAX_BATCH`]) and runs it as one
+/// statement, until the store is dropped.
+async fn batches<T, F>(
+    ops: async_channel::Receiver<Op<T>>,
+    store: Weak<PostgresDedupStore>,
+    run: fn(Arc<PostgresDedupStore>, Vec<Op<T>>) -> F,
+) where
+    F: std::future::Future<Output = ()>,
+{
+    while let Ok(first) = ops.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let Some(store) = store.upgrade() else { return };
+        run(store, batch).await;
+    }
+}
+
+/// The operations of `batch` with their first occurrence only: one statement may not touch a
+/// row twice. `repeats[i]` is the index in the result of the i-th operation.
+fn distinct<T>(batch: &[Op<T>]) -> (Vec<String>, Vec<String>, Vec<f64>, Vec<usize>) {
+    let mut first: std::collections::HashMap<(&str, &str), usize> =
+        std::collections::HashMap::with_capacity(batch.len());
+    let (mut groups, mut keys, mut times) = (Vec::new(), Vec::new(), Vec::new());
+    let repeats = batch
+        .iter()
+        .map(|op| {
+            *first.entry((&op.group, &op.key)).or_insert_with(|| {
+                groups.push(op.group.clone());
+                keys.push(op.key.clone());
+                times.push(seconds(op.time));
+                groups.len() - 1
+            })
+        })
+        .collect();
+    (groups, keys, times, repeats)
+}
+
+async fn reserve_batch(store: Arc<PostgresDedupStore>, batch: Vec<Op<Reservation>>) {
+    let (groups, keys, leases, at) = distinct(&batch);
+    let count = groups.len();
+    let rows = sqlx::query(RESERVE)
+        .bind(groups)
+        .bind(keys)
+        .bind(leases)
+        .fetch_all(&store.pool)
+        .await;
+    let found = rows.and_then(|rows| {
+        // A row the statement did not return (none should be missing) stays in progress: the
+        // delivery comes again rather than run unguarded.
+        let mut found = vec![Reservation::InProgress; count];
+        for row in rows {
+            let (n, state): (i64, i32) = (row.try_get(0)?, row.try_get(1)?);
+            if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {
+                *slot = match state {
+                    0 => Reservation::Fresh,
+                    2 => Reservation::Done,
+                    _ => Reservation::InProgress,
+                };
+            }
+        }
+        Ok(found)
+    });
+    let mut answered = vec![false; batch.len()];
+    for (op, i) in batch.into_iter().zip(at) {
+        let answer = match &found {
+            // The same key twice in one batch: the first may take it, the rest find it taken.
+            Ok(found) if std::mem::replace(&mut answered[i], true) => Ok(match found[i] {
+                Reservation::Done => Reservation::Done,
+                _ => Reservation::InProgress,
+            }),
+            Ok(found) => Ok(found[i]),
+            Err(e) => Err(store.failed(e)),
+        };
+        let _ = op.answer.send(answer);
+    }
+}
+
+async fn complete_batch(store: Arc<PostgresDedupStore>, batch: Vec<Op<()>>) {
+    let (groups, keys, ttls, _) = distinct(&batch);
+    let done = sqlx::query(COMPLETE)
+        .bind(groups)
+        .bind(keys)
+        .bind(ttls)
+        .execute(&store.pool)
+        .await;
+    for op in batch {
+        let _ = op.answer.send(match &done {
+            Ok(_) => Ok(()),
+            Err(e) => Err(store.failed(e)),
+        });
+    }
+}
+
+impl PostgresDedupStore {
+    /// Queues `op` for its batch and waits for the answer.
+    async fn queued<T>(
+        &self,
+        to: &async_channel::Sender<Op<T>>,
+        group: &str,
+        key: &str,
+        time: Duration,
+    ) -> Result<T, DedupError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let op = Op {
+            group: group.to_owned(),
+            key: key.to_owned(),
+            time,
+            answer,
+        };
+        let gone = || DedupError {
+            store: self.shown.clone(),
+            reason: "the store's batcher stopped".into(),
+        };
+        to.send(op).await.map_err(|_| gone())?;
+        answered.await.map_err(|_| gone())?
+    }
+}
+
 fn seconds(d: Duration) -> f64 {
     d.as_secs_f64().max(0.001)
 }
@@ -196,24 +364,7 @@ impl DedupStore for PostgresDedupStore {
         key: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Reservation, DedupError>> {
-        Box::pin(async move {
-            let found = sqlx::query(RESERVE)
-                .bind(group)
-                .bind(key)
-                .bind(seconds(lease))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.failed(&e))?;
-            let found: i32 = match found {
-                Some(row) => row.try_get(0).map_err(|e| self.failed(&e))?,
-                None => 1,
-            };
-            Ok(match found {
-                0 => Reservation::Fresh,
-                2 => Reservation::Done,
-                _ => Reservation::InProgress,
-            })
-        })
+        Box::pin(self.queued(&self.reserves, group, key, lease))
     }
 
     fn complete<'a>(
@@ -222,16 +373,7 @@ impl DedupStore for PostgresDedupStore {
         key: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), DedupError>> {
-        Box::pin(async move {
-            sqlx::query(COMPLETE)
-                .bind(group)
-                .bind(key)
-                .bind(seconds(ttl))
-                .execute(&self.pool)
-                .await
-                .map(drop)
-                .map_err(|e| self.failed(&e))
-        })
+        Box::pin(self.queued(&self.completes, group, key, ttl))
     }
 
     fn release<'a>(
