@@ -77,7 +77,7 @@ pub use crate::subscription::{
     Backoff, DeadLetter, DedupKey, Ordering, RetryMode, RetrySpec, Subscription,
     SubscriptionBuilder, SubscriptionSpec,
 };
-pub use crate::url::{BrokerUrl, ConnectError};
+pub use crate::url::{redact, BrokerUrl, ConnectError};
 
 /// What a service usually needs in scope.
 pub mod prelude {

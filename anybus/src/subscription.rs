@@ -117,7 +117,8 @@ pub enum DeadLetter {
 pub enum DedupKey {
     /// The message id anybus writes on every published message.
     MessageId,
-    /// A top-level field of the JSON payload.
+    /// A field of the JSON payload: a top-level name (`"order_id"`), or a path through nested
+    /// objects with dots (`"order.order_id"`).
     Field(String),
     /// A header.
     Header(String),

@@ -123,6 +123,23 @@ pub fn app(stores: &Stores) -> AppBuilder {
         .fold(stores.register(App::builder()), AppBuilder::subscribe)
 }
 
+/// [`app`] with the inventory on PostgreSQL ([`orders::stock_db`]): its stock in `db`, and the
+/// dedup marks that its handlers' inbox transactions complete in the database of `url` (a
+/// `postgres://` URL, that of `db`), in `db`'s schema. The in-memory inventory of `stores` is
+/// not used.
+#[cfg(feature = "postgres")]
+pub fn app_with_stock_db(stores: &Stores, db: &orders::stock_db::StockDb, url: &str) -> AppBuilder {
+    let mut services = users::services();
+    services.extend(orders::services_with_stock_db());
+    services.into_iter().fold(
+        stores
+            .register(App::builder())
+            .state(db.clone())
+            .dedup_store(&db.dedup_store_url(url)),
+        AppBuilder::subscribe,
+    )
+}
+
 /// Locks a store; a handler that panicked while holding the lock left it consistent (every
 /// store changes in one step), so poisoning is ignored.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -198,6 +215,21 @@ mod tests {
         assert_eq!(topic_of("take_payment"), [topics::STOCK_RESERVED]);
         assert_eq!(topic_of("arrange_shipping"), [topics::PAYMENT_TAKEN]);
         assert_eq!(topic_of("release_stock"), [topics::PAYMENT_FAILED]);
+    }
+
+    /// The PostgreSQL inventory replaces the in-memory one topic for topic and group for group.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn the_postgres_inventory_takes_the_same_places() {
+        let places = |subs: Vec<Subscription>| -> Vec<(Vec<String>, String)> {
+            subs.iter()
+                .map(|s| (s.spec().topics.clone(), s.spec().group.clone()))
+                .collect()
+        };
+        assert_eq!(
+            places(orders::services_with_stock_db()),
+            places(orders::services())
+        );
     }
 
     #[test]

@@ -182,7 +182,10 @@ pub fn key_of(message: &Message, by: &DedupKey) -> Result<String, String> {
                 serde_json::from_slice(message.payload()).map_err(|e| {
                     format!("the payload is not JSON, so it has no field `{field}`: {e}")
                 })?;
-            match value.get(field) {
+            let found = field
+                .split('.')
+                .try_fold(&value, |inside, name| inside.get(name));
+            match found {
                 Some(serde_json::Value::String(s)) => Ok(s.clone()),
                 Some(serde_json::Value::Null) | None => Err(format!(
                     "the payload has no field `{field}` to deduplicate by"
@@ -204,7 +207,11 @@ mod tests {
     fn keys_come_from_the_id_a_header_or_a_field() {
         let mut headers = Headers::new();
         headers.append("x-request-id", Bytes::from_static(b"r-1"));
-        let m = Message::new("orders", r#"{"order_id":"o-9","n":3}"#).with_headers(headers);
+        let m = Message::new(
+            "orders",
+            r#"{"order_id":"o-9","n":3,"order":{"order_id":"o-7","lines":{"n":2}}}"#,
+        )
+        .with_headers(headers);
         assert_eq!(key_of(&m, &DedupKey::MessageId), Ok(m.id().to_string()));
         assert_eq!(
             key_of(&m, &DedupKey::Header("x-request-id".into())),
@@ -215,6 +222,16 @@ mod tests {
             Ok("o-9".into())
         );
         assert_eq!(key_of(&m, &DedupKey::Field("n".into())), Ok("3".into()));
+        assert_eq!(
+            key_of(&m, &DedupKey::Field("order.order_id".into())),
+            Ok("o-7".into())
+        );
+        assert_eq!(
+            key_of(&m, &DedupKey::Field("order.lines.n".into())),
+            Ok("2".into())
+        );
+        let not_nested = key_of(&m, &DedupKey::Field("n.order_id".into())).expect_err("none");
+        assert!(not_nested.contains("`n.order_id`"), "{not_nested}");
         let missing = key_of(&m, &DedupKey::Field("sku".into())).expect_err("no sku");
         assert!(missing.contains("`sku`"), "{missing}");
         let no_header = key_of(&m, &DedupKey::Header("x-other".into())).expect_err("none");

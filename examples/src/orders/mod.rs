@@ -27,6 +27,8 @@ pub mod checkout;
 pub mod inventory;
 pub mod payment;
 pub mod shipping;
+#[cfg(feature = "postgres")]
+pub mod stock_db;
 
 use anybus::Subscription;
 
@@ -38,5 +40,18 @@ pub fn services() -> Vec<Subscription> {
         payment::take_payment::subscription(),
         shipping::arrange_shipping::subscription(),
         inventory::release_stock::subscription(),
+    ]
+}
+
+/// The subscriptions of the order services with the inventory on PostgreSQL
+/// ([`stock_db`]): the same flow, the stock reserved and released effectively once.
+#[cfg(feature = "postgres")]
+pub fn services_with_stock_db() -> Vec<Subscription> {
+    vec![
+        checkout::place_order::subscription(),
+        stock_db::reserve_stock_once::subscription(),
+        payment::take_payment::subscription(),
+        shipping::arrange_shipping::subscription(),
+        stock_db::release_stock_once::subscription(),
     ]
 }
