@@ -1452,6 +1452,63 @@ pub async fn duplicates_are_acked_without_calling_the_handler(env: &Env) {
     app.shutdown().await.expect("shutdown");
 }
 
+/// The PostgreSQL store of `ANYBUS_POSTGRES_URL`, by default the one `tests/brokers.sh up
+/// postgres` starts.
+#[cfg(feature = "postgres")]
+pub fn postgres_url() -> String {
+    std::env::var("ANYBUS_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://anybus:anybus@127.0.0.1:5432/anybus".into())
+}
+
+/// A forced redelivery after the dedup mark is committed: each of 1,000 handlers commits its
+/// inbox transaction and then fails, as if the ack were lost, so the broker delivers every
+/// message again (Kafka by seeking back, RabbitMQ by requeueing). Each redelivery is acked as
+/// a duplicate: every handler ran exactly once.
+#[cfg(feature = "postgres")]
+pub async fn a_redelivery_after_the_inbox_commit_is_not_handled_again(env: &Env) {
+    const N: usize = 1_000;
+    let topic = env.unique("inbox-redelivery");
+    let calls: Arc<Mutex<HashMap<MessageId, usize>>> = Arc::default();
+    let counted = Arc::clone(&calls);
+    let app = env
+        .start_with(
+            App::builder().dedup_store(&postgres_url()),
+            vec![Subscription::builder([&topic])
+                .name("once")
+                .group(env.unique("g"))
+                .partitions(env.partitions)
+                // One message in flight per partition: each is delivered exactly twice, so
+                // the counts below are exact.
+                .ordering(Ordering::Partition)
+                .dedup(anybus::DedupKey::MessageId)
+                .handler(move |m: Message, inbox: anybus::dedup::Inbox| {
+                    *counted.lock().expect("lock").entry(m.id()).or_default() += 1;
+                    async move {
+                        inbox.begin().await?.commit().await?;
+                        Err::<(), _>(HandlerError::transient("the ack was lost"))
+                    }
+                })],
+        )
+        .await;
+    publish_numbered(&app, &topic, N, 50).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stats = app.stats()[0].stats;
+        if stats.duplicates == N as u64 {
+            assert_eq!(stats.transient_failures, N as u64, "{stats:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+        tokio::task::yield_now().await;
+    }
+    {
+        let calls = calls.lock().expect("lock");
+        assert_eq!(calls.len(), N);
+        assert!(calls.values().all(|n| *n == 1), "a handler ran twice");
+    }
+    app.shutdown().await.expect("shutdown");
+}
+
 /// With `dedup`, a handler's failure releases the message's key: the redelivery takes it at
 /// once (not after the lease runs out) and is handled.
 pub async fn a_failure_releases_the_dedup_key(env: &Env) {
@@ -1601,6 +1658,19 @@ macro_rules! conformance_suite {
             a_message_without_its_dedup_key_is_dead_lettered,
             a_panicking_handler_is_a_permanent_failure,
         );
+        // Bodies that need the PostgreSQL that `tests/brokers.sh up postgres` starts.
+        $crate::conformance_suite!(@postgres $env;
+            a_redelivery_after_the_inbox_commit_is_not_handled_again,
+        );
+    };
+    (@postgres $env:expr; $($name:ident,)*) => {
+        $(
+            #[cfg(feature = "postgres")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::$name(&$env).await;
+            }
+        )*
     };
     (@tests $env:expr; $($name:ident,)*) => {
         $(
