@@ -38,6 +38,7 @@ pub enum Dedup {
     MessageId,
     Field(LitStr),
     Header(LitStr),
+    Function(syn::ExprPath),
 }
 
 #[derive(Default)]
@@ -279,9 +280,10 @@ fn dedup(expr: &Expr) -> syn::Result<Dedup> {
         Expr::Lit(ExprLit {
             lit: Lit::Str(s), ..
         }) => Ok(Dedup::Field(s.clone())),
+        Expr::Path(path) => Ok(Dedup::Function(path.clone())),
         other => Err(syn::Error::new_spanned(
             other,
-            "expected `true` (the message id), a payload field name like \"order_id\", or `header(\"x-request-id\")` for `dedup`",
+            "expected `true` (the message id), a payload field name like \"order_id\", `header(\"x-request-id\")`, or a function `fn(&Message) -> Option<String>` for `dedup`",
         )),
     }
 }

@@ -24,7 +24,9 @@ use crate::args::{Args, DeadLetter, Dedup, Errors};
 /// `codec = "json" | "raw"`, `concurrency = N`, `ordering = "partition" | "key" | "none"`,
 /// `partitions = N`, `retry(max_attempts = N, backoff = "exponential" | "fixed",
 /// initial = "100ms", max = "30s", jitter = true, mode = "in_process" | "redeliver")`,
-/// `dead_letter = "name" | false`, `dedup = true | "field" | header("name")`.
+/// `dead_letter = "name" | false`,
+/// `dedup = true | "field" | "path.to.field" | header("name") | key_fn` (a function
+/// `fn(&Message) -> Option<String>`).
 #[proc_macro_attribute]
 pub fn subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
     let args = Tokens::from(args);
@@ -246,6 +248,10 @@ fn expand(args: &Args, f: &ItemFn) -> Tokens {
             Dedup::MessageId => quote!(.dedup(::anybus::DedupKey::MessageId)),
             Dedup::Field(f) => {
                 quote!(.dedup(::anybus::DedupKey::Field(::std::string::String::from(#f))))
+            }
+            // Spanned: a function of the wrong signature is reported at the argument.
+            Dedup::Function(f) => {
+                quote_spanned!(syn::spanned::Spanned::span(f)=> .dedup(::anybus::DedupKey::function(#f)))
             }
             Dedup::Header(h) => {
                 quote!(.dedup(::anybus::DedupKey::Header(::std::string::String::from(#h))))

@@ -74,7 +74,7 @@ pub use crate::pipeline::redeliver::retry_topic;
 pub use crate::publish::{Publisher, RequestError};
 pub use crate::replay::{replay, replay_group, restore_dead_letter, REPLAY_SUBSCRIPTION};
 pub use crate::subscription::{
-    Backoff, DeadLetter, DedupKey, Ordering, RetryMode, RetrySpec, Subscription,
+    Backoff, DeadLetter, DedupKey, KeyFunction, Ordering, RetryMode, RetrySpec, Subscription,
     SubscriptionBuilder, SubscriptionSpec,
 };
 pub use crate::url::{redact, BrokerUrl, ConnectError};

@@ -122,7 +122,61 @@ pub enum DedupKey {
     Field(String),
     /// A header.
     Header(String),
+    /// What a function of the message says (`DedupKey::function(order_key)`, or
+    /// `dedup = order_key` in `#[subscriber]`); `None` means the message has no key.
+    Function(KeyFunction),
 }
+
+impl DedupKey {
+    /// The key `f` computes from each message; a message for which it returns `None` is a
+    /// permanent failure that names the function.
+    pub fn function<F>(f: F) -> Self
+    where
+        F: Fn(&crate::Message) -> Option<String> + Send + Sync + 'static,
+    {
+        Self::Function(KeyFunction {
+            name: std::any::type_name::<F>(),
+            f: Arc::new(f),
+        })
+    }
+}
+
+/// A function that computes a dedup key, with its name for errors. Two are equal when they are
+/// the same function value.
+#[derive(Clone)]
+pub struct KeyFunction {
+    name: &'static str,
+    f: Arc<KeyFn>,
+}
+
+/// The dedup key of a message, computed.
+type KeyFn = dyn Fn(&crate::Message) -> Option<String> + Send + Sync;
+
+impl KeyFunction {
+    /// The function's (type) name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The key of `message`, if it has one.
+    pub fn key(&self, message: &crate::Message) -> Option<String> {
+        (self.f)(message)
+    }
+}
+
+impl std::fmt::Debug for KeyFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("KeyFunction").field(&self.name).finish()
+    }
+}
+
+impl PartialEq for KeyFunction {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.f, &other.f)
+    }
+}
+
+impl Eq for KeyFunction {}
 
 /// Everything a subscription says about how its handler is fed. Plain data.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -197,3 +197,28 @@ pub fn rows(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
         app.shutdown().await.expect("shutdown");
     });
 }
+
+/// `bench kafka-consume PARTITIONS RUNS raw|anybus`: consumes one pre-produced topic `RUNS`
+/// times with one of the two consumers, a line each, for `perf record` and the like.
+pub fn consume_runs(args: &[String]) {
+    let partitions: i32 = args.first().and_then(|p| p.parse().ok()).unwrap_or(4);
+    let runs: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
+    let raw = args.get(2).is_some_and(|c| c == "raw");
+    crate::Flavor::MultiThread.runtime().block_on(async {
+        let topic = format!("bench-{partitions}p-{}", MessageId::new());
+        create_topic(&topic, partitions).await;
+        raw_produce(&producer(), &topic, N).await;
+        for _ in 0..runs {
+            let took = if raw {
+                raw_consume(&topic, N).await
+            } else {
+                anybus_consume(&topic, N).await
+            };
+            println!(
+                "{} {partitions}p: {} msg/s",
+                if raw { "raw" } else { "anybus" },
+                crate::thousands(N as f64 / took.as_secs_f64())
+            );
+        }
+    });
+}

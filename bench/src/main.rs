@@ -10,6 +10,7 @@
 //! cargo run --release -p anybus-bench -- retry              # the retry rows alone (+ brokers with the features)
 //! cargo run --release -p anybus-bench --features redis,postgres -- dedup   # the dedup rows (Redis on :6379, PostgreSQL on :5432)
 //! cargo run --release -p anybus-bench -- scenario end-to-end raw 1 multi 20   # one scenario, for perf
+//! cargo run --release -p anybus-bench --features kafka -- kafka-consume 4 5 anybus   # Kafka consume runs, for perf
 //! ```
 //!
 //! What it measures, for raw 512-byte payloads (the handler takes the `anybus::Message`) and for
@@ -651,6 +652,8 @@ fn main() {
         Some("callgrind-run") => return callgrind_run(&args[1..]),
         Some("scenario") => return scenario(&args[1..]),
         Some("time-run") => return time_run(&args[1..]),
+        #[cfg(feature = "kafka")]
+        Some("kafka-consume") => return kafka::consume_runs(&args[1..]),
         _ => {}
     }
     let only = args.first().cloned().unwrap_or_default();

@@ -177,6 +177,9 @@ pub fn key_of(message: &Message, by: &DedupKey) -> Result<String, String> {
             .get_str(name)
             .map(str::to_owned)
             .ok_or_else(|| format!("the message has no header `{name}` to deduplicate by")),
+        DedupKey::Function(f) => f
+            .key(message)
+            .ok_or_else(|| format!("the dedup key function `{}` found no key", f.name())),
         DedupKey::Field(field) => {
             let value: serde_json::Value =
                 serde_json::from_slice(message.payload()).map_err(|e| {
@@ -236,5 +239,21 @@ mod tests {
         assert!(missing.contains("`sku`"), "{missing}");
         let no_header = key_of(&m, &DedupKey::Header("x-other".into())).expect_err("none");
         assert!(no_header.contains("`x-other`"), "{no_header}");
+        fn topic_and_key(m: &Message) -> Option<String> {
+            let key = std::str::from_utf8(m.key()?).ok()?;
+            Some(format!("{}/{key}", m.topic()))
+        }
+        let by_function = DedupKey::function(topic_and_key);
+        assert_eq!(
+            key_of(&m, &by_function),
+            Err(format!(
+                "the dedup key function `{}` found no key",
+                std::any::type_name_of_val(&topic_and_key)
+            ))
+        );
+        assert_eq!(
+            key_of(&m.clone().with_key("k-1"), &by_function),
+            Ok("orders/k-1".into())
+        );
     }
 }

@@ -53,6 +53,17 @@ async fn defaults(order: String) -> Result<(), HandlerError> {
     Ok(())
 }
 
+/// The dedup key of `by_function`: the message key as text.
+fn key_text(message: &Message) -> Option<String> {
+    Some(String::from_utf8_lossy(message.key()?).into_owned())
+}
+
+#[anybus::subscriber(topic = "orders.created", dedup = key_text)]
+async fn by_function(order: String) -> Result<(), HandlerError> {
+    let _ = order;
+    Ok(())
+}
+
 fn main() {
     let sub = on_order::subscription();
     let spec = sub.spec();
@@ -93,6 +104,14 @@ fn main() {
     );
     assert_eq!(spec.dead_letter, DeadLetter::Disabled);
     assert_eq!(spec.dedup, Some(DedupKey::Field("order_id".into())));
+
+    let sub = by_function::subscription();
+    let Some(DedupKey::Function(f)) = &sub.spec().dedup else {
+        panic!("not a function key: {:?}", sub.spec().dedup);
+    };
+    assert!(f.name().ends_with("key_text"), "{}", f.name());
+    let keyed = Message::new("orders.created", "{}").with_key("o-1");
+    assert_eq!(f.key(&keyed), Some("o-1".into()));
 
     let sub = defaults::subscription();
     let spec = sub.spec();
