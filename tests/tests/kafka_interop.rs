@@ -50,14 +50,18 @@ async fn a_message_from_another_client_arrives_with_key_and_headers() {
     let env = Env::kafka();
     let topic = env.unique("from-python");
     let (tx, mut inbox) = Inbox::new();
-    let app = env
-        .start(vec![anybus::Subscription::builder([&topic])
-            .group(env.unique("g"))
+    // Two groups: each gets its own delivery of the record.
+    let group = |name: &str| {
+        let tx = tx.clone();
+        anybus::Subscription::builder([&topic])
+            .name(name)
+            .group(env.unique(name))
             .handler(move |m: Message| {
                 let _ = tx.send(m);
                 std::future::ready(Ok::<(), HandlerError>(()))
-            })])
-        .await;
+            })
+    };
+    let app = env.start(vec![group("a"), group("b")]).await;
     let bootstrap = bootstrap(&env);
     let trace = format!("trace={}", hex(b"abc"));
     let binary = format!("bin={}", hex(&[0, 255, 7]));
@@ -76,6 +80,19 @@ async fn a_message_from_another_client_arrives_with_key_and_headers() {
     assert_eq!(&got.payload()[..], br#"{"n":1}"#);
     let headers: Vec<(&str, &[u8])> = got.headers().iter().map(|(n, v)| (n, &v[..])).collect();
     assert_eq!(headers, [("trace", &b"abc"[..]), ("bin", &[0, 255, 7][..])]);
+    // Without anybus's id header, the id comes from the record's place: every delivery of the
+    // record has the same one (so `dedup = true` recognises a redelivery).
+    let again = inbox.next("the other group's delivery").await;
+    assert_eq!(again.id(), got.id());
+    let origin = got.origin();
+    assert_eq!(
+        got.id(),
+        anybus::MessageId::of_record(
+            &topic,
+            origin.partition.expect("a partition"),
+            origin.offset.expect("an offset")
+        )
+    );
     app.shutdown().await.expect("shutdown");
 }
 

@@ -165,10 +165,11 @@ fn scrub(url: &str, text: &str) -> String {
     }
 }
 
-/// The dedup key of `message` under `by`, or why it has none. (A message from a producer other
-/// than anybus has no message id header and gets a fresh id on every delivery, so
-/// [`DedupKey::MessageId`] cannot recognise its duplicates: deduplicate such topics by a field
-/// or a header.)
+/// The dedup key of `message` under `by`, or why it has none. (A Kafka record from a producer
+/// other than anybus has no message id header; its id is made from its topic, partition and
+/// offset, so redeliveries of the record share it, but the same event produced twice does not.
+/// A RabbitMQ message without a `message-id` gets a fresh id on every delivery. Deduplicate
+/// such topics by a field or a header.)
 pub fn key_of(message: &Message, by: &DedupKey) -> Result<String, String> {
     match by {
         DedupKey::MessageId => Ok(message.id().to_string()),

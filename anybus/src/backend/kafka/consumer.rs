@@ -150,8 +150,9 @@ impl ConsumerContext for KafkaContext {
     }
 }
 
-/// Turns a fetched record into a [`Message`]; the id comes from the header anybus wrote, or a
-/// fresh one for messages from other producers.
+/// Turns a fetched record into a [`Message`]; the id comes from the header anybus wrote, or,
+/// for records of other producers, from the record's place ([`MessageId::of_record`]), so that
+/// a redelivery of such a record has the same id (and deduplicates by it).
 fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Message {
     let mut headers = Headers::new();
     let mut id = None;
@@ -167,8 +168,9 @@ fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Message {
             }
         }
     }
+    let id = id.unwrap_or_else(|| MessageId::of_record(&topic, m.partition(), m.offset()));
     Message::from_parts(
-        id.unwrap_or_default(),
+        id,
         m.key().map(Bytes::copy_from_slice),
         headers,
         Bytes::copy_from_slice(m.payload().unwrap_or_default()),

@@ -5,7 +5,6 @@
 //! stale. The commit point of a partition is the highest contiguous completed offset + 1, as the
 //! [`OffsetTracker`] keeps it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::backend::offsets::OffsetTracker;
@@ -48,8 +47,54 @@ pub(super) struct PartitionTable {
     /// Slot ids are stable for the life of the consumer: index into this list. A consumer owns
     /// few partitions, so a scan beats a map here.
     slots: Vec<(Arc<str>, i32)>,
-    owned: HashMap<u32, Owned>,
+    owned: Owners,
     next_generation: u64,
+}
+
+/// The owned partitions by slot: a slot's index into a list, since slots are dense and every
+/// message looks its partition up here (a hash map's hashing showed in profiles).
+#[derive(Debug, Default)]
+struct Owners(Vec<Option<Owned>>);
+
+impl Owners {
+    fn insert(&mut self, slot: u32, owned: Owned) {
+        let i = slot as usize;
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i] = Some(owned);
+    }
+
+    fn get(&self, slot: &u32) -> Option<&Owned> {
+        self.0.get(*slot as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, slot: &u32) -> Option<&mut Owned> {
+        self.0.get_mut(*slot as usize)?.as_mut()
+    }
+
+    fn remove(&mut self, slot: &u32) -> Option<Owned> {
+        self.0.get_mut(*slot as usize)?.take()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Owned> {
+        self.0.iter().flatten()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.is_some())
+            .map(|(i, _)| i as u32)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut Owned)> {
+        self.0
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, o)| Some((i as u32, o.as_mut()?)))
+    }
 }
 
 impl PartitionTable {
@@ -186,10 +231,10 @@ impl PartitionTable {
     /// Seeks that nacks asked for and the poll thread has not performed; marks them performed.
     pub(super) fn take_seeks(&mut self) -> Vec<Seek> {
         let mut seeks = Vec::new();
-        for (slot, owned) in &mut self.owned {
+        for (slot, owned) in self.owned.iter_mut() {
             if let Some(SeekState::Pending(offset)) = owned.seek {
                 owned.seek = Some(SeekState::From(offset));
-                let (topic, partition) = &self.slots[*slot as usize];
+                let (topic, partition) = &self.slots[slot as usize];
                 seeks.push(Seek {
                     topic: Arc::clone(topic),
                     partition: *partition,
@@ -203,13 +248,13 @@ impl PartitionTable {
     /// Commit points that moved since they were last taken, marked as committed.
     pub(super) fn take_commits(&mut self) -> Vec<(Arc<str>, i32, i64)> {
         let mut commits = Vec::new();
-        for (slot, owned) in &mut self.owned {
+        for (slot, owned) in self.owned.iter_mut() {
             let Some(point) = owned.tracker.as_ref().map(OffsetTracker::commit_point) else {
                 continue;
             };
             if owned.committed != Some(point) {
                 owned.committed = Some(point);
-                let (topic, partition) = &self.slots[*slot as usize];
+                let (topic, partition) = &self.slots[slot as usize];
                 commits.push((Arc::clone(topic), *partition, point));
             }
         }
@@ -222,7 +267,7 @@ impl PartitionTable {
             .owned
             .keys()
             .map(|slot| {
-                let (topic, partition) = &self.slots[*slot as usize];
+                let (topic, partition) = &self.slots[slot as usize];
                 TopicPartition {
                     topic: Arc::clone(topic),
                     partition: *partition,
