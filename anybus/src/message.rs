@@ -77,12 +77,19 @@ impl MessageId {
 
     /// The id of a record that came without one (from a producer other than anybus), made
     /// from where it is stored, so every delivery of the record has the same id: a UUID v8 of
-    /// the topic's FNV-1a hash (8 bytes), the partition (2 bytes) and the offset (6 bytes).
-    /// Exact for partitions below 16,384 and offsets below 2⁴⁸.
-    pub fn of_record(topic: &str, partition: i32, offset: i64) -> Self {
-        let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+    /// an FNV-1a hash of the topic and the record's timestamp (8 bytes), the partition (2
+    /// bytes) and the offset (6 bytes). Exact for partitions below 16,384 and offsets below
+    /// 2⁴⁸. The timestamp keeps a topic that was deleted and created again from giving its new
+    /// records the ids of the old ones at the same offsets.
+    pub fn of_record(topic: &str, partition: i32, offset: i64, timestamp_ms: Option<i64>) -> Self {
+        let stamp = timestamp_ms.unwrap_or(-1).to_be_bytes();
+        let hash = topic
+            .bytes()
+            .chain([0])
+            .chain(stamp)
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&hash.to_be_bytes());
         bytes[8..10].copy_from_slice(&(partition as u16).to_be_bytes());
@@ -362,16 +369,19 @@ mod tests {
     }
 
     #[test]
-    fn a_record_id_depends_on_topic_partition_and_offset_alone() {
-        let id = MessageId::of_record("orders", 3, 1_234);
-        assert_eq!(id, MessageId::of_record("orders", 3, 1_234));
+    fn a_record_id_depends_on_topic_partition_offset_and_timestamp_alone() {
+        let at = Some(1_700_000_000_000);
+        let id = MessageId::of_record("orders", 3, 1_234, at);
+        assert_eq!(id, MessageId::of_record("orders", 3, 1_234, at));
         assert_eq!(id.as_uuid().get_version_num(), 8);
         let others = [
-            MessageId::of_record("orders", 3, 1_235),
-            MessageId::of_record("orders", 4, 1_234),
-            MessageId::of_record("payments", 3, 1_234),
-            MessageId::of_record("orders", 3, 1_234 + (1 << 40)),
-            MessageId::of_record("orders", 3 + (1 << 13), 1_234),
+            MessageId::of_record("orders", 3, 1_235, at),
+            MessageId::of_record("orders", 4, 1_234, at),
+            MessageId::of_record("payments", 3, 1_234, at),
+            MessageId::of_record("orders", 3, 1_234 + (1 << 40), at),
+            MessageId::of_record("orders", 3 + (1 << 13), 1_234, at),
+            MessageId::of_record("orders", 3, 1_234, Some(1_700_000_000_001)),
+            MessageId::of_record("orders", 3, 1_234, None),
         ];
         for other in others {
             assert_ne!(id, other);

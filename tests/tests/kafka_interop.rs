@@ -90,7 +90,8 @@ async fn a_message_from_another_client_arrives_with_key_and_headers() {
         anybus::MessageId::of_record(
             &topic,
             origin.partition.expect("a partition"),
-            origin.offset.expect("an offset")
+            origin.offset.expect("an offset"),
+            origin.timestamp_ms,
         )
     );
     app.shutdown().await.expect("shutdown");

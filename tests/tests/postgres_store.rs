@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anybus::dedup::sqlx::{self, PgPool, Row};
-use anybus::dedup::Inbox;
+use anybus::dedup::{DedupStore, Inbox, Reservation};
 use anybus::{
-    App, DeadLetter, DedupKey, HandlerError, Message, MessageId, StartError, Subscription,
+    App, DeadLetter, DedupKey, HandlerError, Message, MessageId, RetrySpec, StartError,
+    Subscription,
 };
 use anybus_conformance::{Inbox as Reports, PATIENCE};
 
@@ -68,7 +69,7 @@ struct OrderPlaced {
 }
 
 /// The handler's write, in its inbox transaction.
-async fn reserve(inbox: &Inbox, table: &str, order: &OrderPlaced) -> Result<(), HandlerError> {
+async fn reserve(inbox: Inbox, table: &str, order: &OrderPlaced) -> Result<(), HandlerError> {
     let mut tx = inbox.begin().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {table} (order_id, sku) VALUES ($1, $2)"
@@ -135,7 +136,7 @@ async fn the_inbox_writes_each_order_once_even_when_the_ack_is_lost() {
                 .handler(move |order: OrderPlaced, inbox: Inbox| {
                     let (t, tx) = (t.clone(), tx.clone());
                     async move {
-                        reserve(&inbox, &t, &order).await?;
+                        reserve(inbox, &t, &order).await?;
                         let _ = tx.send(order.order_id.clone());
                         // Every tenth order loses its ack after the commit.
                         if order.order_id.ends_with('0') {
@@ -341,18 +342,24 @@ async fn an_inbox_needs_dedup_and_a_postgres_store() {
     assert!(reason.contains("memory://"), "{reason}");
 }
 
-/// A store that stops answering mid-run (its table locked, so every statement of the store
-/// times out) makes deliveries transient failures that come again; once it answers, every
-/// message is handled, each exactly once.
+/// A store that fails mid-run (its table renamed away, so every statement of the store fails)
+/// makes deliveries transient failures that come again; once it is back, every message is
+/// handled, each exactly once. The store's table lives in a schema of the test's own, so the
+/// outage touches no other test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failing_mid_run_delays_but_neither_skips_nor_repeats() {
     const N: usize = 100;
     let topic = "events";
+    let admin = admin().await;
+    let schema = format!("outage_{}", MessageId::new().to_string().replace('-', "_"));
+    let ddl = |sql: String| sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin);
+    ddl(format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create the schema");
     let calls: Arc<Mutex<HashMap<MessageId, usize>>> = Arc::default();
     let (tx, mut reports) = Reports::new();
     let counted = Arc::clone(&calls);
-    // lock_timeout: a statement that waits on the locked table fails after 100 ms.
-    let store = format!("{}?options=-c%20lock_timeout%3D100", url());
+    let store = format!("{}?options=-c%20search_path%3D{schema}", url());
     let app = App::builder()
         .subscribe(
             Subscription::builder([topic])
@@ -377,12 +384,9 @@ async fn a_store_failing_mid_run_delays_but_neither_skips_nor_repeats() {
     }
     reports.take(N / 2, "the first half").await;
 
-    let admin = admin().await;
-    let mut outage = admin.begin().await.expect("begin");
-    sqlx::query("LOCK TABLE anybus_dedup IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *outage)
+    ddl(format!("ALTER TABLE {schema}.anybus_dedup RENAME TO away"))
         .await
-        .expect("lock the store's table");
+        .expect("take the store's table away");
     for i in N / 2..N {
         publish(i).await.expect("publish");
     }
@@ -395,7 +399,13 @@ async fn a_store_failing_mid_run_delays_but_neither_skips_nor_repeats() {
         );
         tokio::task::yield_now().await;
     }
-    outage.rollback().await.expect("unlock");
+    assert!(
+        reports.drain_ready().is_empty(),
+        "a handler ran without its reservation"
+    );
+    ddl(format!("ALTER TABLE {schema}.away RENAME TO anybus_dedup"))
+        .await
+        .expect("bring the store's table back");
     reports.take(N / 2, "the second half").await;
     {
         let calls = calls.lock().expect("lock");
@@ -403,4 +413,169 @@ async fn a_store_failing_mid_run_delays_but_neither_skips_nor_repeats() {
         assert!(calls.values().all(|n| *n == 1), "a handler ran twice");
     }
     app.shutdown().await.expect("shutdown");
+    ddl(format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("drop the schema");
+}
+
+/// An attempt that committed its inbox transaction and then failed is retried in process; the
+/// next attempt finds the key done, and the message is acked as a duplicate, not dead-lettered
+/// and not written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_after_a_committed_one_is_acked_as_a_duplicate() {
+    let admin = admin().await;
+    let table = reservations_table(&admin).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (tx, mut reports) = Reports::new();
+    let (t, c) = (table.clone(), Arc::clone(&calls));
+    let app = App::builder()
+        .subscribe(
+            Subscription::builder(["orders"])
+                .name("stock")
+                .group(format!("inventory-{}", MessageId::new()))
+                .retry(RetrySpec {
+                    initial: Duration::from_millis(1),
+                    max: Duration::from_millis(1),
+                    ..RetrySpec::default()
+                })
+                .dedup(DedupKey::Field("order_id".into()))
+                .handler(move |order: OrderPlaced, inbox: Inbox| {
+                    let (t, c, tx) = (t.clone(), Arc::clone(&c), tx.clone());
+                    async move {
+                        c.fetch_add(1, AtomicOrdering::SeqCst);
+                        let outcome = reserve(inbox, &t, &order).await;
+                        let _ = tx.send(match &outcome {
+                            Ok(()) => "Ok".to_owned(),
+                            Err(e) => e.to_string(),
+                        });
+                        outcome?;
+                        Err::<(), _>(HandlerError::transient("the ack was lost"))
+                    }
+                }),
+        )
+        .dedup_store(&url())
+        .connect(&broker())
+        .await
+        .expect("start");
+    let order = OrderPlaced {
+        order_id: format!("o-{}", MessageId::new()),
+        sku: "sku-1".into(),
+    };
+    app.publisher()
+        .publish("orders", &order)
+        .await
+        .expect("publish");
+    assert_eq!(reports.next("the first attempt").await, "Ok");
+    let second = reports.next("the retry").await;
+    assert!(second.contains("is done already"), "{second}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stats = app.stats()[0].stats;
+        if stats.duplicates == 1 {
+            assert_eq!((stats.dead_lettered, stats.handled), (0, 0), "{stats:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls.load(AtomicOrdering::SeqCst), 2);
+    let rows = rows_per_order(&admin, &table).await;
+    assert_eq!(rows.get(&order.order_id), Some(&1), "{rows:?}");
+    app.shutdown().await.expect("shutdown");
+}
+
+/// A key whose row an open transaction holds (an inbox transaction of a duplicate delivery)
+/// comes back `InProgress` after a short wait, and the keys reserved in the same batch are not
+/// held up behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_row_does_not_hold_up_the_rest_of_its_batch() {
+    let store = anybus_conformance::stores::open(&url(), "postgres").await;
+    let group = MessageId::new().to_string();
+    let lease = Duration::from_secs(30);
+    assert_eq!(
+        store.reserve(&group, "held", lease).await.ok(),
+        Some(Reservation::Fresh)
+    );
+    let admin = admin().await;
+    let mut holder = admin.begin().await.expect("begin");
+    sqlx::query(
+        "SELECT 1 FROM anybus_dedup WHERE consumer_group = $1 AND dedup_key = 'held' FOR UPDATE",
+    )
+    .bind(&group)
+    .execute(&mut *holder)
+    .await
+    .expect("hold the row");
+    let reserve = |key: String| {
+        let (store, group) = (Arc::clone(&store), group.clone());
+        tokio::spawn(async move { (store.reserve(&group, &key, lease).await, key) })
+    };
+    let tasks: Vec<_> = std::iter::once("held".to_owned())
+        .chain((0..20).map(|i| format!("k{i}")))
+        .map(reserve)
+        .collect();
+    for task in tasks {
+        // Bounded: without the store's lock timeout this would wait for the rollback below.
+        let (found, key) = tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("a reservation waited for the held row")
+            .expect("task");
+        let expected = if key == "held" {
+            Reservation::InProgress
+        } else {
+            Reservation::Fresh
+        };
+        assert_eq!(found.expect("reserve"), expected, "{key}");
+    }
+    holder.rollback().await.expect("let go");
+}
+
+/// Keys PostgreSQL would refuse as they are (a zero byte; longer than its index takes) are
+/// stored hashed: reserved, completed and told apart like any other, without failing the keys
+/// batched with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_keys_are_stored_and_told_apart() {
+    let store: Arc<dyn DedupStore> = anybus_conformance::stores::open(&url(), "postgres").await;
+    let group = MessageId::new().to_string();
+    let lease = Duration::from_secs(30);
+    let long = "x".repeat(5_000);
+    let keys = [
+        "a\0b".to_owned(),
+        "a\0c".to_owned(),
+        long.clone(),
+        format!("{long}y"),
+        "#abc".to_owned(),
+        "plain".to_owned(),
+    ];
+    let tasks: Vec<_> = keys
+        .iter()
+        .cloned()
+        .map(|key| {
+            let (store, group) = (Arc::clone(&store), group.clone());
+            tokio::spawn(async move { store.reserve(&group, &key, lease).await })
+        })
+        .collect();
+    for (task, key) in tasks.into_iter().zip(&keys) {
+        let found = task.await.expect("task").expect("reserve");
+        assert_eq!(found, Reservation::Fresh, "{}", &key[..key.len().min(8)]);
+    }
+    store
+        .complete(&group, &keys[0], Duration::from_secs(60))
+        .await
+        .expect("complete");
+    store
+        .complete(&group, &keys[2], Duration::from_secs(60))
+        .await
+        .expect("complete");
+    let states: Vec<Reservation> = {
+        let mut states = Vec::new();
+        for key in &keys {
+            states.push(store.reserve(&group, key, lease).await.expect("reserve"));
+        }
+        states
+    };
+    use Reservation::{Done, InProgress};
+    assert_eq!(
+        states,
+        [Done, InProgress, Done, InProgress, InProgress, InProgress]
+    );
 }

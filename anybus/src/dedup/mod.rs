@@ -17,9 +17,11 @@
 //!
 //! A store that fails before the handler makes the delivery a transient failure: it comes
 //! again, and is never skipped. A completion that fails is tried again, with backoff, until the
-//! store takes it (the message is not acked meanwhile), so a store outage delays work but does
-//! not repeat it. What is left is a crash between the handler's effect and the completion: the
-//! lease runs out and the handler runs again. With PostgreSQL, the `Inbox` (feature `postgres`)
+//! store takes it (the message is not acked meanwhile; if the partition moves to another
+//! member, the completion goes on in the background), so a store outage delays work but does
+//! not repeat it. What is left is a crash between the handler's effect and the completion, or
+//! an outage that outlasts the lease of a partition that moved: the lease runs out and the
+//! handler runs again. With PostgreSQL, the `Inbox` (feature `postgres`)
 //! closes that gap by making the completion part of the handler's own transaction. Keys are
 //! scoped by consumer group, so two groups never suppress each other.
 
@@ -58,7 +60,7 @@ pub enum Reservation {
 }
 
 /// A store that failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("dedup store {store}: {reason}")]
 pub struct DedupError {
     /// The store (its URL, password redacted).

@@ -8,7 +8,10 @@
 //! handled, and `expires_at` (the database's clock) ends a lease or, for a done key, the TTL.
 //! `reserve` is one `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at <= now`, so taking a free
 //! or expired key is atomic and of many concurrent reservers exactly one wins. Expired rows are
-//! deleted by the store in the background, a bounded batch a minute.
+//! deleted by the store in the background, every minute.
+//!
+//! Keys are stored as they are, unless they hold a zero byte or are longer than 1 KiB (which
+//! PostgreSQL's text or its index would refuse): those are stored as a 128-bit hash.
 //!
 //! Reservations and completions that arrive while others are on their way to the database are
 //! sent together, as one statement over arrays (`unnest`): one round trip and one commit for a
@@ -18,7 +21,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row};
 
 use super::{DedupError, DedupStore, Reservation};
@@ -35,6 +38,11 @@ const MAX_BATCH: usize = 512;
 /// How often expired rows are deleted, and how many at most each time.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const SWEEP_BATCH: i64 = 10_000;
+/// How long a batch statement waits for a row another transaction holds (an inbox transaction
+/// of a duplicate delivery still open) before the batch goes one operation at a time.
+const LOCK_TIMEOUT_MS: &str = "200";
+/// Longer keys are stored hashed.
+const MAX_KEY_LEN: usize = 1024;
 
 /// Creates the table once, whichever member starts first: the advisory lock keeps two members
 /// from racing on `CREATE TABLE IF NOT EXISTS` (which is not safe against itself).
@@ -49,8 +57,8 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS anybus_dedup (
 
 /// Takes each `(group, key, lease)` of the arrays that is free or expired. For each input row
 /// (by its position, from 1): 0 when this statement took it, else 2 for done and 1 for leased.
-/// A key that another reserver inserted after this statement's snapshot shows neither as taken
-/// nor as a row: it comes out as leased, which it is. Rows are inserted in key order, so two
+/// A key that another reserver inserted or took after this statement's snapshot shows neither
+/// as taken nor as a live row: it comes out as leased, which it is. Rows are inserted in key order, so two
 /// batches never wait on each other's rows in a cycle.
 const RESERVE: &str = "WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
@@ -64,7 +72,10 @@ const RESERVE: &str = "WITH input AS (
         WHERE d.expires_at <= clock_timestamp()
     RETURNING consumer_group, dedup_key
 )
-SELECT input.n, CASE WHEN t.dedup_key IS NOT NULL THEN 0 WHEN e.done THEN 2 ELSE 1 END
+SELECT input.n,
+    CASE WHEN t.dedup_key IS NOT NULL THEN 0
+         WHEN e.done AND e.expires_at > clock_timestamp() THEN 2
+         ELSE 1 END
 FROM input
 LEFT JOIN taken t ON t.consumer_group = input.grp AND t.dedup_key = input.key
 LEFT JOIN anybus_dedup e ON e.consumer_group = input.grp AND e.dedup_key = input.key";
@@ -77,22 +88,32 @@ const COMPLETE: &str = "INSERT INTO anybus_dedup (consumer_group, dedup_key, don
     ON CONFLICT (consumer_group, dedup_key) DO UPDATE
         SET done = true, expires_at = EXCLUDED.expires_at";
 
-/// Marks a leased key done inside the handler's transaction. It locks the row until that
-/// transaction ends, and matches nothing if another delivery completed the key first.
-const MARK: &str = "UPDATE anybus_dedup
-    SET done = true, expires_at = clock_timestamp() + make_interval(secs => $3)
-    WHERE consumer_group = $1 AND dedup_key = $2 AND NOT done";
+/// Marks a key done inside the handler's transaction (also when its lease row was swept while
+/// the handler ran long). It locks the row until that transaction ends, and affects nothing if
+/// another delivery completed the key first.
+const MARK: &str = "INSERT INTO anybus_dedup AS d (consumer_group, dedup_key, done, expires_at)
+    VALUES ($1, $2, true, clock_timestamp() + make_interval(secs => $3))
+    ON CONFLICT (consumer_group, dedup_key) DO UPDATE
+        SET done = true, expires_at = EXCLUDED.expires_at
+        WHERE NOT d.done";
 
 /// Deletes a key only while it is a lease: a completion is never undone.
 const RELEASE: &str =
     "DELETE FROM anybus_dedup WHERE consumer_group = $1 AND dedup_key = $2 AND NOT done";
 
+/// Deletes up to `$1` expired rows, in key order like the batches and skipping rows that
+/// someone holds, so that it never waits on (or deadlocks with) the store's own statements.
 const SWEEP: &str = "DELETE FROM anybus_dedup WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM anybus_dedup WHERE expires_at < clock_timestamp() LIMIT $1))";
+    SELECT ctid FROM anybus_dedup WHERE expires_at < clock_timestamp()
+        ORDER BY consumer_group, dedup_key LIMIT $1 FOR UPDATE SKIP LOCKED))";
 
 /// A [`DedupStore`] on PostgreSQL, and the pool an [`Inbox`] takes its transactions from.
 pub struct PostgresDedupStore {
+    /// Inbox transactions, releases and the sweep.
     pool: PgPool,
+    /// The batched reservations and completions: connections whose statements wait at most
+    /// [`LOCK_TIMEOUT_MS`] for a held row.
+    batch_pool: PgPool,
     /// Reservations and completions on their way to the batchers.
     reserves: async_channel::Sender<Op<Reservation>>,
     completes: async_channel::Sender<Op<()>>,
@@ -123,18 +144,24 @@ impl PostgresDedupStore {
         };
         let (url_for_driver, max_connections) = split_options(url).map_err(&failed)?;
         let open = async {
+            let options: PgConnectOptions = url_for_driver.parse()?;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(CONNECT_TIMEOUT)
-                .connect(&url_for_driver)
+                .connect_with(options.clone())
                 .await?;
             let mut tx = pool.begin().await?;
             sqlx::query(LOCK).execute(&mut *tx).await?;
             sqlx::query(CREATE).execute(&mut *tx).await?;
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(pool)
+            let batch_pool = PgPoolOptions::new()
+                .max_connections(2 * BATCHERS as u32)
+                .acquire_timeout(CONNECT_TIMEOUT)
+                .connect_with(options.options([("lock_timeout", LOCK_TIMEOUT_MS)]))
+                .await?;
+            Ok::<_, sqlx::Error>((pool, batch_pool))
         };
-        let pool = tokio::time::timeout(CONNECT_TIMEOUT, open)
+        let (pool, batch_pool) = tokio::time::timeout(CONNECT_TIMEOUT, open)
             .await
             .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| failed(e.to_string()))?;
@@ -142,6 +169,7 @@ impl PostgresDedupStore {
         let (completes, complete_ops) = async_channel::unbounded();
         let store = Arc::new(Self {
             pool,
+            batch_pool,
             reserves,
             completes,
             shown,
@@ -211,12 +239,21 @@ async fn sweep(store: Weak<PostgresDedupStore>) {
     loop {
         every.tick().await;
         let Some(store) = store.upgrade() else { return };
-        if let Err(e) = sqlx::query(SWEEP)
-            .bind(SWEEP_BATCH)
-            .execute(&store.pool)
-            .await
-        {
-            tracing::debug!(error = %store.failed(&e), "could not sweep expired dedup keys");
+        // Batch after batch until the expired rows are gone, so the table keeps up with any
+        // message rate.
+        loop {
+            match sqlx::query(SWEEP)
+                .bind(SWEEP_BATCH)
+                .execute(&store.pool)
+                .await
+            {
+                Ok(done) if done.rows_affected() >= SWEEP_BATCH as u64 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %store.failed(&e), "could not sweep expired dedup keys");
+                    break;
+                }
+            }
         }
     }
 }
@@ -272,60 +309,137 @@ fn distinct<T>(batch: &[Op<T>]) -> (Vec<String>, Vec<String>, Vec<f64>, Vec<usiz
     (groups, keys, times, repeats)
 }
 
-async fn reserve_batch(store: Arc<PostgresDedupStore>, batch: Vec<Op<Reservation>>) {
-    let (groups, keys, leases, at) = distinct(&batch);
-    let count = groups.len();
+/// Runs the reservation statement for the given keys; one state per key, in order.
+async fn reserve_rows(
+    store: &PostgresDedupStore,
+    groups: &[String],
+    keys: &[String],
+    leases: &[f64],
+) -> Result<Vec<Reservation>, sqlx::Error> {
     let rows = sqlx::query(RESERVE)
         .bind(groups)
         .bind(keys)
         .bind(leases)
-        .fetch_all(&store.pool)
-        .await;
-    let found = rows.and_then(|rows| {
-        // A row the statement did not return (none should be missing) stays in progress: the
-        // delivery comes again rather than run unguarded.
-        let mut found = vec![Reservation::InProgress; count];
-        for row in rows {
-            let (n, state): (i64, i32) = (row.try_get(0)?, row.try_get(1)?);
-            if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {
-                *slot = match state {
-                    0 => Reservation::Fresh,
-                    2 => Reservation::Done,
-                    _ => Reservation::InProgress,
-                };
-            }
+        .fetch_all(&store.batch_pool)
+        .await?;
+    // A row the statement did not return (none should be missing) stays in progress: the
+    // delivery comes again rather than run unguarded.
+    let mut found = vec![Reservation::InProgress; groups.len()];
+    for row in rows {
+        let (n, state): (i64, i32) = (row.try_get(0)?, row.try_get(1)?);
+        if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {
+            *slot = match state {
+                0 => Reservation::Fresh,
+                2 => Reservation::Done,
+                _ => Reservation::InProgress,
+            };
         }
-        Ok(found)
-    });
+    }
+    Ok(found)
+}
+
+/// Whether `e` is PostgreSQL's `lock_not_available`: a row is held by another transaction
+/// (an open inbox transaction) for longer than the batch statements wait.
+fn lock_held(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "55P03")
+}
+
+async fn reserve_batch(store: Arc<PostgresDedupStore>, batch: Vec<Op<Reservation>>) {
+    let (groups, keys, leases, at) = distinct(&batch);
+    let found: Vec<Result<Reservation, DedupError>> =
+        match reserve_rows(&store, &groups, &keys, &leases).await {
+            Ok(found) => found.into_iter().map(Ok).collect(),
+            // One key the batch could not take (a held row, a value PostgreSQL refuses) must
+            // not fail the others: the batch goes again one key at a time.
+            Err(e) if groups.len() == 1 => vec![one_reservation(&store, Err(e))],
+            Err(_) => {
+                let mut found = Vec::with_capacity(groups.len());
+                for i in 0..groups.len() {
+                    let one = reserve_rows(&store, &groups[i..=i], &keys[i..=i], &leases[i..=i])
+                        .await
+                        .map(|v| v[0]);
+                    found.push(one_reservation(&store, one));
+                }
+                found
+            }
+        };
     let mut answered = vec![false; batch.len()];
     for (op, i) in batch.into_iter().zip(at) {
-        let answer = match &found {
+        let answer = match &found[i] {
             // The same key twice in one batch: the first may take it, the rest find it taken.
-            Ok(found) if std::mem::replace(&mut answered[i], true) => Ok(match found[i] {
-                Reservation::Done => Reservation::Done,
-                _ => Reservation::InProgress,
-            }),
-            Ok(found) => Ok(found[i]),
-            Err(e) => Err(store.failed(e)),
+            Ok(Reservation::Done) => Ok(Reservation::Done),
+            Ok(_) if std::mem::replace(&mut answered[i], true) => Ok(Reservation::InProgress),
+            Ok(found) => Ok(*found),
+            Err(e) => Err(e.clone()),
         };
         let _ = op.answer.send(answer);
     }
 }
 
-async fn complete_batch(store: Arc<PostgresDedupStore>, batch: Vec<Op<()>>) {
-    let (groups, keys, ttls, _) = distinct(&batch);
-    let done = sqlx::query(COMPLETE)
+/// The answer for one key alone: a row held by an open transaction is a delivery in progress.
+fn one_reservation(
+    store: &PostgresDedupStore,
+    found: Result<Reservation, sqlx::Error>,
+) -> Result<Reservation, DedupError> {
+    match found {
+        Ok(found) => Ok(found),
+        Err(e) if lock_held(&e) => Ok(Reservation::InProgress),
+        Err(e) => Err(store.failed(&e)),
+    }
+}
+
+async fn complete_rows(
+    store: &PostgresDedupStore,
+    groups: &[String],
+    keys: &[String],
+    ttls: &[f64],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(COMPLETE)
         .bind(groups)
         .bind(keys)
         .bind(ttls)
-        .execute(&store.pool)
-        .await;
-    for op in batch {
-        let _ = op.answer.send(match &done {
-            Ok(_) => Ok(()),
-            Err(e) => Err(store.failed(e)),
-        });
+        .execute(&store.batch_pool)
+        .await
+        .map(drop)
+}
+
+async fn complete_batch(store: Arc<PostgresDedupStore>, batch: Vec<Op<()>>) {
+    let (groups, keys, ttls, at) = distinct(&batch);
+    let done: Vec<Result<(), DedupError>> = match complete_rows(&store, &groups, &keys, &ttls).await
+    {
+        Ok(()) => vec![Ok(()); groups.len()],
+        Err(e) if groups.len() == 1 => vec![Err(store.failed(&e))],
+        Err(_) => {
+            let mut done = Vec::with_capacity(groups.len());
+            for i in 0..groups.len() {
+                let one = complete_rows(&store, &groups[i..=i], &keys[i..=i], &ttls[i..=i])
+                    .await
+                    .map_err(|e| store.failed(&e));
+                done.push(one);
+            }
+            done
+        }
+    };
+    for (op, i) in batch.into_iter().zip(at) {
+        let _ = op.answer.send(done[i].clone());
     }
+}
+
+/// The form a key is stored in: itself, or, if it holds a zero byte or is longer than
+/// [`MAX_KEY_LEN`] (which PostgreSQL's text or its index refuses), `#` and the hex of its
+/// 128-bit FNV-1a hash. A key that starts with `#` is hashed too, so the two forms never meet.
+fn stored_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.len() <= MAX_KEY_LEN && !key.contains('\0') && !key.starts_with('#') {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let hash = key
+        .bytes()
+        .fold(0x6c62_272e_07bb_0142_62b8_2175_6295_c58d_u128, |h, b| {
+            (h ^ u128::from(b)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b)
+        });
+    std::borrow::Cow::Owned(format!("#{hash:032x}"))
 }
 
 impl PostgresDedupStore {
@@ -340,7 +454,7 @@ impl PostgresDedupStore {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let op = Op {
             group: group.to_owned(),
-            key: key.to_owned(),
+            key: stored_key(key).into_owned(),
             time,
             answer,
         };
@@ -384,7 +498,7 @@ impl DedupStore for PostgresDedupStore {
         Box::pin(async move {
             sqlx::query(RELEASE)
                 .bind(group)
-                .bind(key)
+                .bind(stored_key(key))
                 .execute(&self.pool)
                 .await
                 .map(drop)
@@ -455,32 +569,39 @@ pub enum InboxError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] DedupError),
-    /// Another delivery of the message completed its key while this one ran (this delivery's
-    /// lease had run out): this one must not write.
-    #[error("dedup key `{0}` was completed by another delivery; this one must not act on it")]
+    /// The message's key is done already: an earlier attempt committed and then failed (its
+    /// ack was lost), or another delivery took over this one's expired lease and completed
+    /// it. This delivery must not write; returned from the handler, the message is acked as a
+    /// duplicate.
+    #[error("dedup key `{0}` is done already; this delivery must not act on it")]
     AlreadyDone(String),
 }
 
 impl Inbox {
-    /// Begins the transaction and marks the message's dedup key done in it.
-    pub async fn begin(&self) -> Result<InboxTransaction, InboxError> {
+    /// Begins the transaction and marks the message's dedup key done in it. Once per delivery:
+    /// it takes the inbox. [`InboxError::AlreadyDone`] means the message was handled before;
+    /// return it (with `?`) and the message is acked as a duplicate.
+    pub async fn begin(self) -> Result<InboxTransaction, InboxError> {
         let store = &self.store;
         let mut tx = store.pool.begin().await.map_err(|e| store.failed(&e))?;
         let marked = sqlx::query(MARK)
             .bind(self.ticket.group.as_ref())
-            .bind(&self.ticket.key)
+            .bind(stored_key(&self.ticket.key))
             .bind(seconds(self.ticket.ttl))
             .execute(&mut *tx)
             .await
             .map_err(|e| store.failed(&e))?;
         if marked.rows_affected() == 0 {
+            // Handled already (by an earlier attempt whose ack was lost, or by a delivery that
+            // took over an expired lease): the pipeline acks the message as a duplicate.
+            self.ticket.inbox_found_done();
             return Err(InboxError::AlreadyDone(self.ticket.key.clone()));
         }
         self.ticket.inbox_begun();
         Ok(InboxTransaction {
             tx,
-            ticket: Arc::clone(&self.ticket),
-            store: Arc::clone(store),
+            ticket: self.ticket,
+            store: self.store,
         })
     }
 

@@ -104,8 +104,8 @@ impl Worker {
             Gate::Settled => return,
             Gate::NoKey(error) => (None, Some(error)),
         };
-        // Whether the handler's inbox transaction already completed the key.
-        let mut done_in_inbox = false;
+        // Whether the handler's inbox transaction completed the key (or found it done).
+        let mut inbox = InboxEnd::Untouched;
         let outcome = if let Some(error) = unkeyed {
             first_failure.get_or_insert_with(SystemTime::now);
             Outcome::Failed(error)
@@ -121,8 +121,8 @@ impl Worker {
                     ticket.clone(),
                 );
                 let outcome = unwound(|| call(ctx)).instrument(span.clone()).await;
-                let (outcome, completed) = inbox_outcome(outcome, ticket.as_deref());
-                done_in_inbox = completed;
+                let (outcome, end) = inbox_outcome(outcome, ticket.as_deref());
+                inbox = end;
                 if matches!(outcome, Outcome::Failed(_)) {
                     first_failure.get_or_insert_with(SystemTime::now);
                 }
@@ -159,7 +159,7 @@ impl Worker {
         match &outcome {
             Outcome::Failed(_) => self.release(key.as_deref()).await,
             Outcome::Done { .. } => {
-                if !done_in_inbox
+                if inbox == InboxEnd::Untouched
                     && !self
                         .complete(key.as_deref(), &receipt)
                         .instrument(span.clone())
@@ -188,9 +188,16 @@ impl Worker {
         match outcome {
             Outcome::Done { reply } => {
                 if let Some(reply) = reply {
-                    self.answer(&message, Ok(reply)).instrument(span).await;
+                    self.answer(&message, Ok(reply))
+                        .instrument(span.clone())
+                        .await;
                 }
-                SubscriptionStats::count(&self.stats.handled);
+                if inbox == InboxEnd::FoundDone {
+                    span.in_scope(|| tracing::debug!(origin = %message.origin(), "the inbox found the message handled before; acked as a duplicate"));
+                    SubscriptionStats::count(&self.stats.duplicates);
+                } else {
+                    SubscriptionStats::count(&self.stats.handled);
+                }
                 self.settler.ack(&receipt);
             }
             Outcome::Failed(error)
@@ -293,7 +300,8 @@ impl Worker {
     /// Marks a handled message's dedup key done, trying again with backoff for as long as the
     /// store fails and the delivery is still this member's: nacking instead would let the
     /// redelivery run the handler a second time once the lease ran out. `false` only when the
-    /// partition moved to another member meanwhile.
+    /// partition moved to another member meanwhile; the completion then goes on in the
+    /// background for up to ten minutes.
     async fn complete(&self, key: Option<&str>, receipt: &Receipt) -> bool {
         let (Some(dedup), Some(key)) = (&self.dedup, key) else {
             return true;
@@ -308,6 +316,25 @@ impl Worker {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(std::time::Duration::from_secs(1));
                     if !self.settler.is_current(receipt) {
+                        // The handler ran, so completing stays right: go on in the background
+                        // (for a while), so the new owner finds the key done once the store
+                        // answers, rather than only a lease that runs out.
+                        let (store, group, key, ttl) = (
+                            Arc::clone(&dedup.store),
+                            Arc::clone(&self.group),
+                            key.to_owned(),
+                            dedup.ttl,
+                        );
+                        tokio::spawn(async move {
+                            let give_up = tokio::time::Instant::now() + COMPLETE_IN_BACKGROUND;
+                            while tokio::time::Instant::now() < give_up {
+                                if store.complete(&group, &key, ttl).await.is_ok() {
+                                    return;
+                                }
+                                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            }
+                            tracing::error!(key, "dedup store failed to complete a key for 10 minutes; its message may be handled again");
+                        });
                         return false;
                     }
                 }
@@ -455,6 +482,10 @@ impl std::fmt::Display for Panicked {
 
 impl std::error::Error for Panicked {}
 
+/// How long a completion goes on in the background once its partition moved to another
+/// member.
+const COMPLETE_IN_BACKGROUND: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// How long a delivery whose dedup key is held elsewhere, or whose store failed, waits before
 /// it is nacked to come again.
 const GATE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
@@ -493,6 +524,8 @@ pub(crate) struct DedupTicket {
 const INBOX_UNUSED: u8 = 0;
 const INBOX_BEGUN: u8 = 1;
 const INBOX_COMMITTED: u8 = 2;
+/// The inbox found the key done already: the message was handled before.
+const INBOX_FOUND_DONE: u8 = 3;
 
 /// What the app tells the `Inbox` extractor's start check about one subscription: why it
 /// cannot have an inbox, if it cannot.
@@ -503,6 +536,12 @@ impl DedupTicket {
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn inbox_begun(&self) {
         self.inbox.store(INBOX_BEGUN, AtomicOrdering::Release);
+    }
+
+    /// The handler's inbox found the key done already.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn inbox_found_done(&self) {
+        self.inbox.store(INBOX_FOUND_DONE, AtomicOrdering::Release);
     }
 
     /// The handler committed its inbox transaction: the key is done.
@@ -527,20 +566,33 @@ impl DedupTicket {
     }
 }
 
-/// A handler's outcome in the light of its inbox transaction, and whether that transaction
-/// completed the key. `Ok` from a handler that began a transaction and neither committed nor
-/// rolled it back means its writes were dropped: a permanent failure, not a success.
-fn inbox_outcome(outcome: Outcome, ticket: Option<&DedupTicket>) -> (Outcome, bool) {
+/// What a handler's inbox transaction did to its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InboxEnd {
+    /// Nothing: the pipeline completes the key as usual.
+    Untouched,
+    /// The transaction committed: the key is done.
+    Completed,
+    /// The key was done before the handler began: the message is a duplicate.
+    FoundDone,
+}
+
+/// A handler's outcome in the light of its inbox transaction. `Ok` from a handler that began a
+/// transaction and neither committed nor rolled it back means its writes were dropped: a
+/// permanent failure, not a success. A handler whose inbox found its key done (whatever it
+/// returned) handled the message before: a success, as a duplicate.
+fn inbox_outcome(outcome: Outcome, ticket: Option<&DedupTicket>) -> (Outcome, InboxEnd) {
     let used = ticket.map_or(INBOX_UNUSED, |t| t.inbox.load(AtomicOrdering::Acquire));
     match (outcome, used) {
-        (outcome @ Outcome::Done { .. }, INBOX_COMMITTED) => (outcome, true),
+        (_, INBOX_FOUND_DONE) => (Outcome::Done { reply: None }, InboxEnd::FoundDone),
+        (outcome @ Outcome::Done { .. }, INBOX_COMMITTED) => (outcome, InboxEnd::Completed),
         (Outcome::Done { .. }, INBOX_BEGUN) => (
             Outcome::Failed(HandlerError::permanent(
                 "the handler returned Ok without committing its inbox transaction, so its writes were rolled back",
             )),
-            false,
+            InboxEnd::Untouched,
         ),
-        (outcome, _) => (outcome, false),
+        (outcome, _) => (outcome, InboxEnd::Untouched),
     }
 }
 

@@ -6,8 +6,10 @@
 //!
 //! The handlers record their step and publish their follow-up event before they commit. If the
 //! commit fails, both happen again on the redelivery: the next service skips the event as a
-//! repeat (every handler is idempotent per order id), and the story shows the step twice.
-//! Publishing after the commit could lose the event instead, because a redelivery of a
+//! repeat (every handler is idempotent per order id), and the story shows the step twice. If
+//! other orders took the stock in between, the redelivery decides differently and publishes
+//! `OutOfStock` after the `StockReserved` that already went out: this example does not cover
+//! that. Publishing after the commit could lose the event instead, because a redelivery of a
 //! committed order does not run the handler; only a transactional outbox would do better.
 //!
 //! `flows` uses this inventory when `ANYBUS_STOCK_DB` names a database; see

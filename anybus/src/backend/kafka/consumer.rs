@@ -168,7 +168,9 @@ fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Message {
             }
         }
     }
-    let id = id.unwrap_or_else(|| MessageId::of_record(&topic, m.partition(), m.offset()));
+    let timestamp_ms = m.timestamp().to_millis();
+    let id =
+        id.unwrap_or_else(|| MessageId::of_record(&topic, m.partition(), m.offset(), timestamp_ms));
     Message::from_parts(
         id,
         m.key().map(Bytes::copy_from_slice),
@@ -179,7 +181,7 @@ fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Message {
             partition: Some(m.partition()),
             offset: Some(m.offset()),
             delivery_tag: None,
-            timestamp_ms: m.timestamp().to_millis(),
+            timestamp_ms,
         },
     )
 }
