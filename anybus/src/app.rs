@@ -151,9 +151,10 @@ impl AppBuilder {
         self
     }
 
-    /// How long a delivery holds its dedup key while its handler runs (default 60 s): a member
-    /// that crashes mid-handler lets the next delivery take over after that long. Make it longer
-    /// than a handler runs.
+    /// The term of the lease a delivery takes on its dedup key (default 60 s). The pipeline
+    /// renews it every third of the term while the handler and its in-process retries run, so
+    /// a slow handler keeps its key; a member that dies mid-handler lets the next delivery take
+    /// over after at most this long.
     pub fn dedup_lease(mut self, lease: Duration) -> Self {
         self.dedup.lease = lease;
         self

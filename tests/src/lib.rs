@@ -1509,6 +1509,73 @@ pub async fn a_redelivery_after_the_inbox_commit_is_not_handled_again(env: &Env)
     app.shutdown().await.expect("shutdown");
 }
 
+/// A handler that runs far longer than its dedup lease keeps its key: the pipeline renews the
+/// lease while the handler runs, so a second copy of the message, delivered meanwhile, keeps
+/// finding it in progress (and comes again) instead of running the handler a second time.
+pub async fn a_slow_handler_keeps_its_dedup_key(env: &Env) {
+    let topic = env.unique("dedup-slow");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (started_tx, mut started) = Inbox::new();
+    let go = Arc::new(Semaphore::new(0));
+    let (c, g) = (Arc::clone(&calls), Arc::clone(&go));
+    let app = env
+        .start_with(
+            App::builder().dedup_lease(Duration::from_millis(200)),
+            vec![Subscription::builder([&topic])
+                .name("slow")
+                .group(env.unique("g"))
+                // One partition, two at once: both copies are in flight together.
+                .partitions(1)
+                .ordering(Ordering::None)
+                .concurrency(2)
+                .dedup(anybus::DedupKey::MessageId)
+                .handler(move |_: Message| {
+                    c.fetch_add(1, AtomicOrdering::SeqCst);
+                    let _ = started_tx.send(());
+                    let go = Arc::clone(&g);
+                    async move {
+                        go.acquire().await.expect("the test's semaphore").forget();
+                        Ok::<(), HandlerError>(())
+                    }
+                })],
+        )
+        .await;
+    let message = Message::new(topic.as_str(), "slow").with_key("k");
+    for _ in 0..2 {
+        app.publisher()
+            .send(message.clone())
+            .await
+            .expect("publish");
+    }
+    started.next("the first copy's handler").await;
+    // Each in-progress finding waits 250 ms before its nack: four of them span well past the
+    // 200 ms lease.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while app.stats()[0].stats.dedup_in_progress < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            app.stats()[0].stats
+        );
+        tokio::task::yield_now().await;
+    }
+    go.add_permits(2);
+    loop {
+        let stats = app.stats()[0].stats;
+        if stats.handled + stats.duplicates >= 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        calls.load(AtomicOrdering::SeqCst),
+        1,
+        "the handler ran twice"
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
 /// With `dedup`, a handler's failure releases the message's key: the redelivery takes it at
 /// once (not after the lease runs out) and is handled.
 pub async fn a_failure_releases_the_dedup_key(env: &Env) {
@@ -1657,6 +1724,7 @@ macro_rules! conformance_suite {
             a_failure_releases_the_dedup_key,
             a_message_without_its_dedup_key_is_dead_lettered,
             a_panicking_handler_is_a_permanent_failure,
+            a_slow_handler_keeps_its_dedup_key,
         );
         // Bodies that need the PostgreSQL that `tests/brokers.sh up postgres` starts.
         $crate::conformance_suite!(@postgres $env;

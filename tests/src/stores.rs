@@ -118,6 +118,54 @@ pub async fn an_expired_lease_lets_the_next_reserver_in(store: Arc<dyn DedupStor
     );
 }
 
+/// A renewed lease outlives its first term and runs out only once renewals stop; a renewal
+/// neither revives a done key as a lease nor takes a free one.
+pub async fn a_renewed_lease_lasts_until_renewals_stop(store: Arc<dyn DedupStore>) {
+    let group = MessageId::new().to_string();
+    let lease = Duration::from_millis(300);
+    assert_eq!(
+        store.reserve(&group, "k", lease).await.ok(),
+        Some(Reservation::Fresh)
+    );
+    let taken = Instant::now();
+    // Renew again and again for three leases: the key stays held throughout.
+    while taken.elapsed() < 3 * lease {
+        store.extend(&group, "k", lease).await.expect("extend");
+        assert_eq!(
+            store.reserve(&group, "k", lease).await.ok(),
+            Some(Reservation::InProgress),
+            "after {:?}",
+            taken.elapsed()
+        );
+    }
+    let last = Instant::now();
+    store.extend(&group, "k", lease).await.expect("extend");
+    loop {
+        let found = store.reserve(&group, "k", lease).await.expect("reserve");
+        if found == Reservation::Fresh {
+            break;
+        }
+        assert!(last.elapsed() < PATIENCE, "the lease never ran out");
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        last.elapsed() >= lease,
+        "ran out after {:?}",
+        last.elapsed()
+    );
+    store.complete(&group, "k", TTL).await.expect("complete");
+    store.extend(&group, "k", lease).await.expect("extend");
+    store.extend(&group, "free", lease).await.expect("extend");
+    assert_eq!(
+        store.reserve(&group, "k", lease).await.ok(),
+        Some(Reservation::Done)
+    );
+    assert_eq!(
+        store.reserve(&group, "free", lease).await.ok(),
+        Some(Reservation::Fresh)
+    );
+}
+
 /// A release frees a lease at once but never undoes a completion; groups are apart.
 pub async fn completion_release_and_groups(store: Arc<dyn DedupStore>) {
     let (a, b) = (MessageId::new().to_string(), MessageId::new().to_string());
@@ -278,6 +326,7 @@ macro_rules! store_suite {
             of_100_concurrent_reservations_of_one_key_exactly_one_is_fresh,
             concurrent_reservations_of_many_keys_give_one_fresh_per_key,
             an_expired_lease_lets_the_next_reserver_in,
+            a_renewed_lease_lasts_until_renewals_stop,
             completion_release_and_groups,
             a_completion_is_forgotten_after_its_ttl,
         );

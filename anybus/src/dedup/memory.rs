@@ -99,6 +99,19 @@ impl MemoryDedupStore {
         inner.bound(self.max_entries, now);
     }
 
+    fn extend_now(&self, key: String, lease: Duration) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner
+            .entries
+            .get(&key)
+            .is_some_and(|e| e.state == State::Leased && e.expires > now)
+        {
+            inner.write(key, State::Leased, now + lease);
+            inner.bound(self.max_entries, now);
+        }
+    }
+
     fn release_now(&self, key: &str) {
         let mut inner = self.lock();
         if inner
@@ -214,6 +227,16 @@ impl DedupStore for MemoryDedupStore {
         self.release_now(&scoped(group, key));
         Box::pin(std::future::ready(Ok(())))
     }
+
+    fn extend<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), DedupError>> {
+        self.extend_now(scoped(group, key), lease);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +247,39 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(30);
     const TTL: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_lease_lasts_until_renewals_stop() {
+        let store = MemoryDedupStore::default();
+        assert_eq!(
+            store.reserve("g", "k", LEASE).await.ok(),
+            Some(Reservation::Fresh)
+        );
+        tokio::time::advance(Duration::from_secs(20)).await;
+        store.extend("g", "k", LEASE).await.expect("extend");
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(
+            store.reserve("g", "k", LEASE).await.ok(),
+            Some(Reservation::InProgress),
+            "renewed at 20 s, so held at 40 s"
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(
+            store.reserve("g", "k", LEASE).await.ok(),
+            Some(Reservation::Fresh)
+        );
+        store.complete("g", "k", TTL).await.expect("complete");
+        store.extend("g", "k", LEASE).await.expect("extend");
+        store.extend("g", "free", LEASE).await.expect("extend");
+        assert_eq!(
+            store.reserve("g", "k", LEASE).await.ok(),
+            Some(Reservation::Done)
+        );
+        assert_eq!(
+            store.reserve("g", "free", LEASE).await.ok(),
+            Some(Reservation::Fresh)
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn of_many_concurrent_reservations_of_one_key_exactly_one_is_fresh() {

@@ -12,8 +12,8 @@
 //!   counted (`duplicates`).
 //! - [`Reservation::InProgress`]: another delivery holds a live lease (another member is
 //!   handling it right now); this one is left for redelivery (nacked) without calling the
-//!   handler. A member that crashed after reserving lets its lease expire, and the next delivery
-//!   takes over.
+//!   handler. The lease is renewed while the handler runs ([`DedupStore::extend`]); a member
+//!   that crashed after reserving lets its lease expire, and the next delivery takes over.
 //!
 //! A store that fails before the handler makes the delivery a transient failure: it comes
 //! again, and is never skipped. A completion that fails is tried again, with backoff, until the
@@ -94,6 +94,21 @@ pub trait DedupStore: Send + Sync + fmt::Debug + 'static {
     /// Gives up a lease on `key`, so that the next delivery may take it at once.
     fn release<'a>(&'a self, group: &'a str, key: &'a str)
         -> BoxFuture<'a, Result<(), DedupError>>;
+
+    /// Renews a live lease on `key` for another `lease`; a key that is done, or whose lease
+    /// ran out, is left alone. The pipeline renews the lease of a delivery while its handler
+    /// (and its in-process retries) run, so a member that is alive keeps its key however long
+    /// the handler takes, and only a member that died lets it go after `lease`. The default
+    /// renews nothing: a store without it lets a lease run out under a slow handler.
+    fn extend<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), DedupError>> {
+        let _ = (group, key, lease);
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// The store as the PostgreSQL store, which alone can give an [`Inbox`]. Not for other
     /// implementations.

@@ -97,6 +97,11 @@ const MARK: &str = "INSERT INTO anybus_dedup AS d (consumer_group, dedup_key, do
         SET done = true, expires_at = EXCLUDED.expires_at
         WHERE NOT d.done";
 
+/// Renews a key's lease while it is a lease.
+const EXTEND: &str = "UPDATE anybus_dedup
+    SET expires_at = clock_timestamp() + make_interval(secs => $3)
+    WHERE consumer_group = $1 AND dedup_key = $2 AND NOT done AND expires_at > clock_timestamp()";
+
 /// Deletes a key only while it is a lease: a completion is never undone.
 const RELEASE: &str =
     "DELETE FROM anybus_dedup WHERE consumer_group = $1 AND dedup_key = $2 AND NOT done";
@@ -500,6 +505,24 @@ impl DedupStore for PostgresDedupStore {
                 .bind(group)
                 .bind(stored_key(key))
                 .execute(&self.pool)
+                .await
+                .map(drop)
+                .map_err(|e| self.failed(&e))
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), DedupError>> {
+        Box::pin(async move {
+            sqlx::query(EXTEND)
+                .bind(group)
+                .bind(stored_key(key))
+                .bind(seconds(lease))
+                .execute(&self.batch_pool)
                 .await
                 .map(drop)
                 .map_err(|e| self.failed(&e))

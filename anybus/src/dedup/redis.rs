@@ -1,11 +1,11 @@
 //! The Redis dedup store (feature `redis`, `redis://[user:password@]host:port[/db]`), shared by
 //! every member of a group.
 //!
-//! A key is the Redis string `anybus:dedup:{group length}:{group}:{key}`: `lease` while a delivery holds it
-//! (expiring with the lease, `PX`), `done` once handled (expiring with the TTL). `reserve` and
-//! `release` are Lua scripts, so each transition is one atomic step on the server; `complete` is
-//! a plain `SET … PX`. The connection manager reconnects by itself; a command that fails is a
-//! [`DedupError`], which the pipeline turns into a transient failure.
+//! A key is the Redis string `anybus:dedup:{group length}:{group}:{key}`: `lease` while a
+//! delivery holds it (expiring with the lease, `PX`), `done` once handled (expiring with the
+//! TTL). `reserve`, `release` and `extend` are Lua scripts, so each transition is one atomic step
+//! on the server; `complete` is a plain `SET … PX`. The connection manager reconnects by itself;
+//! a command that fails is a [`DedupError`], which the pipeline turns into a transient failure.
 
 use std::time::Duration;
 
@@ -33,11 +33,18 @@ if redis.call('GET', KEYS[1]) == 'lease' then redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
+/// Renews a key's expiry only while it is a lease.
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == 'lease' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 0
+";
+
 /// A [`DedupStore`] on Redis.
 pub struct RedisDedupStore {
     connection: ConnectionManager,
     reserve: Script,
     release: Script,
+    extend: Script,
     /// The URL with the password hidden, for errors.
     shown: String,
 }
@@ -79,6 +86,7 @@ impl RedisDedupStore {
             connection,
             reserve: Script::new(RESERVE),
             release: Script::new(RELEASE),
+            extend: Script::new(EXTEND),
             shown,
         })
     }
@@ -153,6 +161,24 @@ impl DedupStore for RedisDedupStore {
             let mut connection = self.connection.clone();
             self.release
                 .key(redis_key(group, key))
+                .invoke_async::<i64>(&mut connection)
+                .await
+                .map(drop)
+                .map_err(|e| self.failed(&e))
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), DedupError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            self.extend
+                .key(redis_key(group, key))
+                .arg(millis(lease))
                 .invoke_async::<i64>(&mut connection)
                 .await
                 .map(drop)

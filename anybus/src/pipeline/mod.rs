@@ -120,7 +120,10 @@ impl Worker {
                     Arc::clone(&self.state),
                     ticket.clone(),
                 );
-                let outcome = unwound(|| call(ctx)).instrument(span.clone()).await;
+                let outcome = self
+                    .holding(key.as_deref(), unwound(|| call(ctx)))
+                    .instrument(span.clone())
+                    .await;
                 let (outcome, end) = inbox_outcome(outcome, ticket.as_deref());
                 inbox = end;
                 if matches!(outcome, Outcome::Failed(_)) {
@@ -146,7 +149,8 @@ impl Worker {
                 tracing::warn!(origin = %message.origin(), %error, attempt, ?wait, "handler failed; retrying");
             });
                 SubscriptionStats::count(&self.stats.retries);
-                tokio::time::sleep(wait).await;
+                // The key stays held while the retry waits.
+                self.holding(key.as_deref(), tokio::time::sleep(wait)).await;
                 if !self.settler.is_current(&receipt) {
                     // The partition moved on while this waited: its new owner has the message.
                     SubscriptionStats::count(&self.stats.skipped_stale);
@@ -279,6 +283,38 @@ impl Worker {
                 tokio::time::sleep(GATE_BACKOFF).await;
                 self.settler.nack(receipt);
                 Gate::Settled
+            }
+        }
+    }
+
+    /// Runs `work`, renewing the delivery's dedup lease every third of the lease while it runs,
+    /// so that a live member keeps its key however long its handler and its retries take.
+    /// Work that is done at its first poll (most handlers) sets no timer.
+    async fn holding<T>(&self, key: Option<&str>, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        let (Some(dedup), Some(key)) = (&self.dedup, key) else {
+            return work.await;
+        };
+        if let std::task::Poll::Ready(out) =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await
+        {
+            return out;
+        }
+        let every = dedup.lease / 3;
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                () = tokio::time::sleep(every) => {
+                    let renew = dedup.store.extend(&self.group, key, dedup.lease);
+                    tokio::select! {
+                        biased;
+                        out = &mut work => return out,
+                        renewed = renew => if let Err(error) = renewed {
+                            tracing::warn!(%error, key, "dedup store failed to renew a lease; it may run out while the handler runs");
+                        },
+                    }
+                }
             }
         }
     }
