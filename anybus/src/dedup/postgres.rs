@@ -97,10 +97,16 @@ const MARK: &str = "INSERT INTO anybus_dedup AS d (consumer_group, dedup_key, do
         SET done = true, expires_at = EXCLUDED.expires_at
         WHERE NOT d.done";
 
-/// Renews a key's lease while it is a lease.
+/// Renews a key's lease while it is a live lease. A row that a transaction holds is skipped,
+/// not waited for: that is the handler's own inbox transaction, whose lock already keeps every
+/// other reserver out until it ends.
 const EXTEND: &str = "UPDATE anybus_dedup
     SET expires_at = clock_timestamp() + make_interval(secs => $3)
-    WHERE consumer_group = $1 AND dedup_key = $2 AND NOT done AND expires_at > clock_timestamp()";
+    WHERE (consumer_group, dedup_key) IN (
+        SELECT consumer_group, dedup_key FROM anybus_dedup
+        WHERE consumer_group = $1 AND dedup_key = $2 AND NOT done
+            AND expires_at > clock_timestamp()
+        FOR UPDATE SKIP LOCKED)";
 
 /// Deletes a key only while it is a lease: a completion is never undone.
 const RELEASE: &str =

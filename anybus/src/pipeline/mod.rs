@@ -300,7 +300,8 @@ impl Worker {
         {
             return out;
         }
-        let every = dedup.lease / 3;
+        // Not more often than every 10 ms, whatever lease was configured.
+        let every = (dedup.lease / 3).max(std::time::Duration::from_millis(10));
         loop {
             tokio::select! {
                 biased;
