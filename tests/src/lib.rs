@@ -254,6 +254,25 @@ pub async fn every_group_gets_every_message(env: &Env) {
     );
 }
 
+/// Polls the stats of the app's first subscription until `done` holds for them and returns
+/// them; fails, naming `what` and the last stats, once `deadline` passed. (Stats change without
+/// a signal to wait on; the poll yields between reads.)
+pub async fn wait_stats(
+    app: &App,
+    what: &str,
+    deadline: tokio::time::Instant,
+    done: impl Fn(&StatsSnapshot) -> bool,
+) -> StatsSnapshot {
+    loop {
+        let stats = app.stats()[0].stats;
+        if done(&stats) {
+            return stats;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {stats:?}");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Waits until the member's assignment satisfies `ok`.
 async fn wait_assignment(app: &App, name: &str, what: &str, ok: impl Fn(usize) -> bool) {
     let mut watch = app.assignment(name).expect("subscription exists");
@@ -1492,15 +1511,11 @@ pub async fn a_redelivery_after_the_inbox_commit_is_not_handled_again(env: &Env)
         .await;
     publish_numbered(&app, &topic, N, 50).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let stats = app.stats()[0].stats;
-        if stats.duplicates == N as u64 {
-            assert_eq!(stats.transient_failures, N as u64, "{stats:?}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
-        tokio::task::yield_now().await;
-    }
+    let stats = wait_stats(&app, "every redelivery acked", deadline, |s| {
+        s.duplicates == N as u64
+    })
+    .await;
+    assert_eq!(stats.transient_failures, N as u64, "{stats:?}");
     {
         let calls = calls.lock().expect("lock");
         assert_eq!(calls.len(), N);
@@ -1551,23 +1566,15 @@ pub async fn a_slow_handler_keeps_its_dedup_key(env: &Env) {
     // Each in-progress finding waits 250 ms before its nack: four of them span well past the
     // 200 ms lease.
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while app.stats()[0].stats.dedup_in_progress < 4 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            app.stats()[0].stats
-        );
-        tokio::task::yield_now().await;
-    }
+    wait_stats(&app, "the copy meeting the lease", deadline, |s| {
+        s.dedup_in_progress >= 4
+    })
+    .await;
     go.add_permits(2);
-    loop {
-        let stats = app.stats()[0].stats;
-        if stats.handled + stats.duplicates >= 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
-        tokio::task::yield_now().await;
-    }
+    wait_stats(&app, "both copies settled", deadline, |s| {
+        s.handled + s.duplicates >= 2
+    })
+    .await;
     assert_eq!(
         calls.load(AtomicOrdering::SeqCst),
         1,

@@ -14,7 +14,7 @@ use anybus::{
     App, DeadLetter, DedupKey, HandlerError, Message, MessageId, RetrySpec, StartError,
     Subscription,
 };
-use anybus_conformance::{Inbox as Reports, PATIENCE};
+use anybus_conformance::{wait_stats, Inbox as Reports, PATIENCE};
 
 fn url() -> String {
     std::env::var("ANYBUS_POSTGRES_URL")
@@ -172,16 +172,12 @@ async fn the_inbox_writes_each_order_once_even_when_the_ack_is_lost() {
         assert!(written.insert(order.clone()), "{order} was written twice");
     }
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let stats = app.stats()[0].stats;
-        if stats.handled + stats.duplicates == 2 * N as u64 {
-            assert_eq!(stats.transient_failures, N as u64 / 10, "{stats:?}");
-            assert_eq!(stats.duplicates, N as u64 + N as u64 / 10, "{stats:?}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
-        tokio::task::yield_now().await;
-    }
+    let stats = wait_stats(&app, "every message settled", deadline, |s| {
+        s.handled + s.duplicates == 2 * N as u64
+    })
+    .await;
+    assert_eq!(stats.transient_failures, N as u64 / 10, "{stats:?}");
+    assert_eq!(stats.duplicates, N as u64 + N as u64 / 10, "{stats:?}");
     assert_eq!(
         reports.drain_ready(),
         Vec::<String>::new(),
@@ -392,13 +388,10 @@ async fn a_store_failing_mid_run_delays_but_neither_skips_nor_repeats() {
     }
     // Wait until the outage is seen, then end it.
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while app.stats()[0].stats.transient_failures < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no delivery met the outage"
-        );
-        tokio::task::yield_now().await;
-    }
+    wait_stats(&app, "no delivery met the outage", deadline, |s| {
+        s.transient_failures >= 3
+    })
+    .await;
     assert!(
         reports.drain_ready().is_empty(),
         "a handler ran without its reservation"
@@ -469,15 +462,8 @@ async fn an_attempt_after_a_committed_one_is_acked_as_a_duplicate() {
     let second = reports.next("the retry").await;
     assert!(second.contains("is done already"), "{second}");
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let stats = app.stats()[0].stats;
-        if stats.duplicates == 1 {
-            assert_eq!((stats.dead_lettered, stats.handled), (0, 0), "{stats:?}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
-        tokio::task::yield_now().await;
-    }
+    let stats = wait_stats(&app, "the retry acked", deadline, |s| s.duplicates == 1).await;
+    assert_eq!((stats.dead_lettered, stats.handled), (0, 0), "{stats:?}");
     assert_eq!(calls.load(AtomicOrdering::SeqCst), 2);
     let rows = rows_per_order(&admin, &table).await;
     assert_eq!(rows.get(&order.order_id), Some(&1), "{rows:?}");
