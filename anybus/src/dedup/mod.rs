@@ -69,6 +69,17 @@ pub struct DedupError {
     pub reason: String,
 }
 
+impl DedupError {
+    /// The failure `reason` of the store at `url`: the store named with its password hidden,
+    /// and the password scrubbed from the reason too (client errors may quote the URL).
+    pub(crate) fn new(url: &str, reason: impl fmt::Display) -> Self {
+        Self {
+            store: crate::url::redact(url),
+            reason: scrub(url, &reason.to_string()),
+        }
+    }
+}
+
 /// Remembers which keys a consumer group reserved and finished.
 ///
 /// Every operation is scoped by `group`. Implementations make each transition atomic: of many
@@ -122,11 +133,7 @@ pub trait DedupStore: Send + Sync + fmt::Debug + 'static {
 /// Opens the store `url` names: `memory://[?max_entries=N]`, `redis://…` (feature `redis`) or
 /// `postgres://…` (feature `postgres`).
 pub async fn connect(url: &str) -> Result<Arc<dyn DedupStore>, DedupError> {
-    let shown = crate::url::redact(url);
-    let refused = |reason: String| DedupError {
-        store: shown.clone(),
-        reason,
-    };
+    let refused = |reason: String| DedupError::new(url, reason);
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| refused("not a URL: write memory://".into()))?;
@@ -167,7 +174,6 @@ pub async fn connect(url: &str) -> Result<Arc<dyn DedupStore>, DedupError> {
 
 /// `text` with the password of `url`, if it has one, replaced by `***`: client errors may
 /// quote the URL.
-#[cfg(any(feature = "redis", feature = "postgres"))]
 fn scrub(url: &str, text: &str) -> String {
     let password = url
         .split_once("://")

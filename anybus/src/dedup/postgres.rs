@@ -128,16 +128,14 @@ pub struct PostgresDedupStore {
     /// Reservations and completions on their way to the batchers.
     reserves: async_channel::Sender<Op<Reservation>>,
     completes: async_channel::Sender<Op<()>>,
-    /// The URL with the password hidden, for errors.
-    shown: String,
-    /// The password, to scrub from error texts.
+    /// The URL as given: errors name it with the password hidden, and scrub the password.
     url: String,
 }
 
 impl std::fmt::Debug for PostgresDedupStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresDedupStore")
-            .field("store", &self.shown)
+            .field("store", &crate::url::redact(&self.url))
             .finish_non_exhaustive()
     }
 }
@@ -148,11 +146,7 @@ impl PostgresDedupStore {
     /// password hidden. `?max_connections=N` sizes the pool (default 16); other query
     /// parameters go to the PostgreSQL driver.
     pub async fn connect(url: &str) -> Result<Arc<Self>, DedupError> {
-        let shown = crate::url::redact(url);
-        let failed = |reason: String| DedupError {
-            store: shown.clone(),
-            reason: super::scrub(url, &reason),
-        };
+        let failed = |reason: String| DedupError::new(url, reason);
         let (url_for_driver, max_connections) = split_options(url).map_err(&failed)?;
         let open = async {
             let options: PgConnectOptions = url_for_driver.parse()?;
@@ -183,7 +177,6 @@ impl PostgresDedupStore {
             batch_pool,
             reserves,
             completes,
-            shown,
             url: url.to_owned(),
         });
         for _ in 0..BATCHERS {
@@ -209,10 +202,7 @@ impl PostgresDedupStore {
     }
 
     fn failed(&self, e: &sqlx::Error) -> DedupError {
-        DedupError {
-            store: self.shown.clone(),
-            reason: super::scrub(&self.url, &e.to_string()),
-        }
+        DedupError::new(&self.url, e)
     }
 }
 
@@ -469,10 +459,7 @@ impl PostgresDedupStore {
             time,
             answer,
         };
-        let gone = || DedupError {
-            store: self.shown.clone(),
-            reason: "the store's batcher stopped".into(),
-        };
+        let gone = || DedupError::new(&self.url, "the store's batcher stopped");
         to.send(op).await.map_err(|_| gone())?;
         answered.await.map_err(|_| gone())?
     }

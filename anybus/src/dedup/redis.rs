@@ -62,10 +62,7 @@ impl RedisDedupStore {
     /// seconds; the error names the store with its password hidden.
     pub async fn connect(url: &str) -> Result<Self, DedupError> {
         let shown = crate::url::redact(url);
-        let failed = |reason: String| DedupError {
-            store: shown.clone(),
-            reason: super::scrub(url, &reason),
-        };
+        let failed = |reason: String| DedupError::new(url, reason);
         let client = redis::Client::open(url).map_err(|e| failed(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
