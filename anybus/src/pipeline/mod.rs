@@ -673,7 +673,11 @@ fn backoff(policy: &RetrySpec) -> backon::ExponentialBackoff {
 
 /// Where one lane or pool worker takes its deliveries from.
 enum Source {
-    Lane(mpsc::Receiver<Delivery>),
+    /// A partition's lane: takes its deliveries a chunk at a time.
+    Lane {
+        rx: mpsc::Receiver<Vec<Delivery>>,
+        chunk: std::vec::IntoIter<Delivery>,
+    },
     Pool(async_channel::Receiver<Delivery>),
     /// A pool worker under key ordering: reports each finished key back to the dispatch loop,
     /// which starts the next delivery of that key.
@@ -696,12 +700,15 @@ pub struct Lane {
 impl Lane {
     pub(crate) fn of_partition(
         worker: Arc<Worker>,
-        rx: mpsc::Receiver<Delivery>,
+        rx: mpsc::Receiver<Vec<Delivery>>,
         stopping: Arc<AtomicBool>,
     ) -> Self {
         Self {
             worker,
-            source: Source::Lane(rx),
+            source: Source::Lane {
+                rx,
+                chunk: Vec::new().into_iter(),
+            },
             stopping,
         }
     }
@@ -739,7 +746,15 @@ impl Lane {
     {
         loop {
             let (next, key) = match &mut self.source {
-                Source::Lane(rx) => (rx.recv().await, None),
+                Source::Lane { rx, chunk } => loop {
+                    if let Some(delivery) = chunk.next() {
+                        break (Some(delivery), None);
+                    }
+                    match rx.recv().await {
+                        Some(next) => *chunk = next.into_iter(),
+                        None => break (None, None),
+                    }
+                },
                 Source::Pool(rx) => (rx.recv().await.ok(), None),
                 Source::Keyed { rx, .. } => match rx.recv().await {
                     Ok((key, delivery)) => (Some(delivery), Some(key)),

@@ -32,8 +32,15 @@ use super::{Lane, Worker};
 use crate::backend::{BackendError, Consumer, Delivery};
 use crate::subscription::Ordering;
 
-/// Deliveries a lane buffers before the dispatch loop waits.
-const LANE_CAPACITY: usize = 128;
+/// The most deliveries of one partition handed to its lane at once. A polled batch is split
+/// into runs of one partition, and each run goes to its lane as one chunk: one channel send and
+/// at most one wake-up per chunk rather than per delivery (per-delivery sends made the dispatch
+/// loop and a busy lane wake each other for every message).
+const LANE_CHUNK: usize = 128;
+
+/// Chunks a lane buffers, besides the one it works through, before the dispatch loop waits:
+/// a lane holds at most `(LANE_CHUNKS + 1) * LANE_CHUNK` deliveries.
+const LANE_CHUNKS: usize = 1;
 
 /// How one subscription member is run.
 pub(crate) struct Dispatch {
@@ -49,7 +56,7 @@ pub(crate) struct Dispatch {
 enum Router {
     /// One lane per slot. A member owns a handful of partitions, so a scan beats hashing the
     /// slot of every delivery.
-    Lanes(Vec<(u32, mpsc::Sender<Delivery>)>),
+    Lanes(Vec<(u32, mpsc::Sender<Vec<Delivery>>)>),
     Pool(async_channel::Sender<Delivery>),
     Keys(Keyed),
 }
@@ -177,50 +184,36 @@ impl Dispatch {
                     }
                 }
             }
-            for delivery in batch.drain(..) {
-                // The common case, room in the lane, costs no select; only a full lane waits,
-                // and then also for the stop signal.
-                let sent = match &mut router {
-                    Router::Keys(keyed) => keyed.admit(delivery),
-                    Router::Pool(tx) => match tx.try_send(delivery) {
-                        Ok(()) => true,
-                        Err(async_channel::TrySendError::Closed(_)) => false,
-                        Err(async_channel::TrySendError::Full(delivery)) => tokio::select! {
-                            biased;
-                            _ = stop.changed() => false,
-                            sent = tx.send(delivery) => sent.is_ok(),
-                        },
-                    },
-                    Router::Lanes(lanes) => {
-                        let slot = delivery.receipt.slot;
-                        let i = match lanes.iter().position(|(s, _)| *s == slot) {
-                            Some(i) => i,
-                            None => {
-                                let lane = spawn_lane(
-                                    &mut tasks,
-                                    Arc::clone(&self.worker),
-                                    Arc::clone(&stopping),
-                                );
-                                lanes.push((slot, lane));
-                                lanes.len() - 1
-                            }
-                        };
-                        let lane = &lanes[i].1;
-                        match lane.try_send(delivery) {
+            let routed = match &mut router {
+                Router::Lanes(lanes) => {
+                    self.to_lanes(lanes, &mut batch, &mut tasks, &stopping, &mut stop)
+                        .await
+                }
+                Router::Keys(keyed) => batch.drain(..).all(|delivery| keyed.admit(delivery)),
+                Router::Pool(tx) => {
+                    let mut sent = true;
+                    for delivery in batch.drain(..) {
+                        // The common case, room in the queue, costs no select; only a full
+                        // queue waits, and then also for the stop signal.
+                        sent = match tx.try_send(delivery) {
                             Ok(()) => true,
-                            Err(mpsc::error::TrySendError::Closed(_)) => false,
-                            Err(mpsc::error::TrySendError::Full(delivery)) => tokio::select! {
+                            Err(async_channel::TrySendError::Closed(_)) => false,
+                            Err(async_channel::TrySendError::Full(delivery)) => tokio::select! {
                                 biased;
                                 _ = stop.changed() => false,
-                                sent = lane.send(delivery) => sent.is_ok(),
+                                sent = tx.send(delivery) => sent.is_ok(),
                             },
+                        };
+                        if !sent {
+                            break;
                         }
                     }
-                };
-                if !sent {
-                    // Stopping: what was not routed stays unacknowledged and is delivered again.
-                    break 'poll;
+                    sent
                 }
+            };
+            if !routed {
+                // Stopping: what was not routed stays unacknowledged and is delivered again.
+                break 'poll;
             }
             if let Router::Keys(keyed) = &router {
                 let held = keyed.queues.len() as u64;
@@ -248,14 +241,61 @@ impl Dispatch {
         let closed = consumer.close().await;
         result.and(closed)
     }
+
+    /// Hands `batch` to the lanes of its partitions, each run of one partition as one chunk,
+    /// starting a lane for a partition seen for the first time. A full lane is waited for, and
+    /// then also the stop signal; `false` when stopping.
+    async fn to_lanes(
+        &self,
+        lanes: &mut Vec<(u32, mpsc::Sender<Vec<Delivery>>)>,
+        batch: &mut Vec<Delivery>,
+        tasks: &mut JoinSet<()>,
+        stopping: &Arc<AtomicBool>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut rest = batch.drain(..).peekable();
+        while let Some(first) = rest.next() {
+            let slot = first.receipt.slot;
+            let mut chunk = Vec::with_capacity(LANE_CHUNK.min(rest.len() + 1));
+            chunk.push(first);
+            while chunk.len() < LANE_CHUNK {
+                match rest.next_if(|d| d.receipt.slot == slot) {
+                    Some(delivery) => chunk.push(delivery),
+                    None => break,
+                }
+            }
+            let i = match lanes.iter().position(|(s, _)| *s == slot) {
+                Some(i) => i,
+                None => {
+                    let lane = spawn_lane(tasks, Arc::clone(&self.worker), Arc::clone(stopping));
+                    lanes.push((slot, lane));
+                    lanes.len() - 1
+                }
+            };
+            let lane = &lanes[i].1;
+            let sent = match lane.try_send(chunk) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Full(chunk)) => tokio::select! {
+                    biased;
+                    _ = stop.changed() => false,
+                    sent = lane.send(chunk) => sent.is_ok(),
+                },
+            };
+            if !sent {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 fn spawn_lane(
     tasks: &mut JoinSet<()>,
     worker: Arc<Worker>,
     stopping: Arc<AtomicBool>,
-) -> mpsc::Sender<Delivery> {
-    let (tx, rx) = mpsc::channel::<Delivery>(LANE_CAPACITY);
+) -> mpsc::Sender<Vec<Delivery>> {
+    let (tx, rx) = mpsc::channel::<Vec<Delivery>>(LANE_CHUNKS);
     let handler = Arc::clone(&worker.handler);
     tasks.spawn(handler.serve(Lane::of_partition(worker, rx, stopping)));
     tx
