@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -150,10 +150,47 @@ impl ConsumerContext for KafkaContext {
     }
 }
 
+/// Where the poll thread copies fetched keys, payloads and header values: one shared buffer
+/// that messages take slices of, so a message costs no allocation of its own for them.
+///
+/// Copying each into a fresh allocation cost three allocations per message, all made on the
+/// poll thread and freed on the runtime's, where the frees queued on the allocator's lock for
+/// the poll thread's arena. A buffer holds about [`CopyBuffer::SIZE`] bytes of messages and is
+/// freed when the last message cut from it is dropped, so a handler that keeps one message
+/// keeps its neighbours' bytes too (at most one buffer's worth); a value too big to share
+/// gets its own allocation.
+#[derive(Default)]
+pub(super) struct CopyBuffer {
+    buf: BytesMut,
+}
+
+impl CopyBuffer {
+    /// The size of a new buffer.
+    const SIZE: usize = 64 * 1024;
+    /// Values larger than this are copied on their own.
+    const OWN: usize = Self::SIZE / 8;
+
+    /// A copy of `data`.
+    pub(super) fn copy(&mut self, data: &[u8]) -> Bytes {
+        if data.is_empty() {
+            return Bytes::new();
+        }
+        if data.len() > Self::OWN {
+            return Bytes::copy_from_slice(data);
+        }
+        if self.buf.capacity() < data.len() {
+            // Never grow a buffer that messages hold slices of: start a new one.
+            self.buf = BytesMut::with_capacity(Self::SIZE);
+        }
+        self.buf.extend_from_slice(data);
+        self.buf.split().freeze()
+    }
+}
+
 /// Turns a fetched record into a [`Message`]; the id comes from the header anybus wrote, or,
 /// for records of other producers, from the record's place ([`MessageId::of_record`]), so that
 /// a redelivery of such a record has the same id (and deduplicates by it).
-fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Message {
+fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>, copies: &mut CopyBuffer) -> Message {
     let mut headers = Headers::new();
     let mut id = None;
     if let Some(hs) = m.headers() {
@@ -164,7 +201,7 @@ fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Message {
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .and_then(MessageId::parse);
             } else {
-                headers.append(h.key, Bytes::copy_from_slice(h.value.unwrap_or_default()));
+                headers.append(h.key, copies.copy(h.value.unwrap_or_default()));
             }
         }
     }
@@ -173,9 +210,9 @@ fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>) -> Message {
         id.unwrap_or_else(|| MessageId::of_record(&topic, m.partition(), m.offset(), timestamp_ms));
     Message::from_parts(
         id,
-        m.key().map(Bytes::copy_from_slice),
+        m.key().map(|k| copies.copy(k)),
         headers,
-        Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        copies.copy(m.payload().unwrap_or_default()),
         Origin {
             topic,
             partition: Some(m.partition()),
@@ -201,7 +238,7 @@ pub(super) const PAUSE_AFTER: Duration = Duration::from_millis(250);
 pub(super) fn poll_loop(
     consumer: BaseConsumer<KafkaContext>,
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Vec<Delivery>>,
+    tx: mpsc::Sender<Vec<Fetched>>,
     commit_interval: Duration,
     batch_size: usize,
     runtime: tokio::runtime::Handle,
@@ -209,7 +246,8 @@ pub(super) fn poll_loop(
     let mut last_commit = Instant::now();
     let mut paused = false;
     // Messages returned while the channel was full: sent first once there is room.
-    let mut held: Vec<Delivery> = Vec::new();
+    let mut held: Vec<Fetched> = Vec::new();
+    let mut copies = CopyBuffer::default();
     while !shared.closing.load(Ordering::Acquire) {
         // A full channel is the runtime's ordinary backpressure: wait a little for room, keeping
         // librdkafka's prefetched messages; only a runtime that takes nothing for that long
@@ -241,7 +279,9 @@ pub(super) fn poll_loop(
                 tracing::debug!("the runtime has no room: fetching paused");
             }
             paused = true;
-            if let Some(delivery) = poll_one(&consumer, &shared, Duration::from_millis(10)) {
+            if let Some(delivery) =
+                poll_one(&consumer, &shared, &mut copies, Duration::from_millis(10))
+            {
                 held.push(delivery);
             }
             continue;
@@ -253,7 +293,7 @@ pub(super) fn poll_loop(
         batch.reserve(batch_size.saturating_sub(batch.len()));
         let mut wait = Duration::from_millis(100);
         while batch.len() < batch_size {
-            match poll_one(&consumer, &shared, wait) {
+            match poll_one(&consumer, &shared, &mut copies, wait) {
                 Some(delivery) => batch.push(delivery),
                 None => break,
             }
@@ -272,12 +312,32 @@ pub(super) fn poll_loop(
     shared.report_assignment(&shared.lock());
 }
 
+/// A tracked message on its way from the poll thread to the runtime.
+///
+/// The message goes by value and is put in its `Arc` on the runtime's side, where it is also
+/// dropped: an allocation made on the poll thread and freed on another one waited on the
+/// allocator's lock for the poll thread's arena, which librdkafka keeps busy.
+pub(super) struct Fetched {
+    message: Message,
+    receipt: Receipt,
+}
+
+impl Fetched {
+    fn into_delivery(self) -> Delivery {
+        Delivery {
+            message: Arc::new(self.message),
+            receipt: self.receipt,
+        }
+    }
+}
+
 /// Polls once, serving rebalance events; a message comes back tracked, as a delivery.
 fn poll_one(
     consumer: &BaseConsumer<KafkaContext>,
     shared: &Shared,
+    copies: &mut CopyBuffer,
     wait: Duration,
-) -> Option<Delivery> {
+) -> Option<Fetched> {
     loop {
         let message = match consumer.poll(wait)? {
             Ok(m) => m,
@@ -291,8 +351,8 @@ fn poll_one(
             .track(message.topic(), message.partition(), message.offset());
         // A message of a partition no longer owned is dropped; poll again.
         if let Some((receipt, topic)) = tracked {
-            return Some(Delivery {
-                message: Arc::new(to_message(&message, topic)),
+            return Some(Fetched {
+                message: to_message(&message, topic, copies),
                 receipt,
             });
         }
@@ -350,7 +410,7 @@ fn commit(
 
 /// The [`Consumer`] the runtime reads from.
 pub(super) struct KafkaConsumer {
-    pub(super) rx: mpsc::Receiver<Vec<Delivery>>,
+    pub(super) rx: mpsc::Receiver<Vec<Fetched>>,
     pub(super) shared: Arc<Shared>,
     pub(super) thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -365,7 +425,7 @@ impl Consumer for KafkaConsumer {
                 return Err(BackendError::Closed { backend: "kafka" });
             };
             // The poll thread sends at most `batch` deliveries at a time.
-            out.extend(first);
+            out.extend(first.into_iter().map(Fetched::into_delivery));
             Ok(())
         })
     }
