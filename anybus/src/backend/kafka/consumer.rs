@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use super::partitions::{PartitionTable, Seek};
 use crate::backend::{BackendError, Consumer, Delivery, Receipt, Settler};
 use crate::handler::BoxFuture;
-use crate::message::{header, Headers, Message, MessageId, Origin};
+use crate::message::{header, Headers, Message, MessageId, Origin, RecordIds};
 use crate::observe::SubscriptionStats;
 
 /// State shared by the poll thread, its callbacks and the settler.
@@ -190,7 +190,12 @@ impl CopyBuffer {
 /// Turns a fetched record into a [`Message`]; the id comes from the header anybus wrote, or,
 /// for records of other producers, from the record's place ([`MessageId::of_record`]), so that
 /// a redelivery of such a record has the same id (and deduplicates by it).
-fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>, copies: &mut CopyBuffer) -> Message {
+fn to_message(
+    m: &BorrowedMessage<'_>,
+    topic: Arc<str>,
+    ids: RecordIds,
+    copies: &mut CopyBuffer,
+) -> Message {
     let mut headers = Headers::new();
     let mut id = None;
     if let Some(hs) = m.headers() {
@@ -206,8 +211,7 @@ fn to_message(m: &BorrowedMessage<'_>, topic: Arc<str>, copies: &mut CopyBuffer)
         }
     }
     let timestamp_ms = m.timestamp().to_millis();
-    let id =
-        id.unwrap_or_else(|| MessageId::of_record(&topic, m.partition(), m.offset(), timestamp_ms));
+    let id = id.unwrap_or_else(|| ids.id(m.partition(), m.offset(), timestamp_ms));
     Message::from_parts(
         id,
         m.key().map(|k| copies.copy(k)),
@@ -350,9 +354,9 @@ fn poll_one(
             .lock()
             .track(message.topic(), message.partition(), message.offset());
         // A message of a partition no longer owned is dropped; poll again.
-        if let Some((receipt, topic)) = tracked {
+        if let Some((receipt, topic, ids)) = tracked {
             return Some(Fetched {
-                message: to_message(&message, topic, copies),
+                message: to_message(&message, topic, ids, copies),
                 receipt,
             });
         }

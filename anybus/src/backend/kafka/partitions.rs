@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::backend::offsets::OffsetTracker;
 use crate::backend::Receipt;
+use crate::message::RecordIds;
 use crate::observe::TopicPartition;
 
 /// An owned partition.
@@ -46,7 +47,7 @@ pub(super) struct Seek {
 pub(super) struct PartitionTable {
     /// Slot ids are stable for the life of the consumer: index into this list. A consumer owns
     /// few partitions, so a scan beats a map here.
-    slots: Vec<(Arc<str>, i32)>,
+    slots: Vec<(Arc<str>, i32, RecordIds)>,
     owned: Owners,
     next_generation: u64,
 }
@@ -100,7 +101,8 @@ impl Owners {
 impl PartitionTable {
     fn slot(&mut self, topic: &str, partition: i32) -> u32 {
         self.find(topic, partition).unwrap_or_else(|| {
-            self.slots.push((Arc::from(topic), partition));
+            self.slots
+                .push((Arc::from(topic), partition, RecordIds::new(topic)));
             self.slots.len() as u32 - 1
         })
     }
@@ -108,7 +110,7 @@ impl PartitionTable {
     fn find(&self, topic: &str, partition: i32) -> Option<u32> {
         self.slots
             .iter()
-            .position(|(t, p)| *p == partition && &**t == topic)
+            .position(|(t, p, _)| *p == partition && &**t == topic)
             .map(|i| i as u32)
     }
 
@@ -160,15 +162,15 @@ impl PartitionTable {
         self.owned.values().any(|o| o.revoking)
     }
 
-    /// Records a fetched message; returns its receipt and the shared topic name, or `None` when
-    /// the message must be dropped (partition not owned, or read before a pending seek took
-    /// effect).
+    /// Records a fetched message; returns its receipt, the shared topic name and the topic's
+    /// ids for records without one, or `None` when the message must be dropped (partition not
+    /// owned, or read before a pending seek took effect).
     pub(super) fn track(
         &mut self,
         topic: &str,
         partition: i32,
         offset: i64,
-    ) -> Option<(Receipt, Arc<str>)> {
+    ) -> Option<(Receipt, Arc<str>, RecordIds)> {
         let slot = self.find(topic, partition)?;
         let owned = self.owned.get_mut(&slot)?;
         match owned.seek {
@@ -185,9 +187,11 @@ impl PartitionTable {
             return None;
         }
         tracker.track(offset);
+        let (topic, _, ids) = &self.slots[slot as usize];
         Some((
             Receipt::new(slot, offset, owned.generation),
-            Arc::clone(&self.slots[slot as usize].0),
+            Arc::clone(topic),
+            *ids,
         ))
     }
 
@@ -234,7 +238,7 @@ impl PartitionTable {
         for (slot, owned) in self.owned.iter_mut() {
             if let Some(SeekState::Pending(offset)) = owned.seek {
                 owned.seek = Some(SeekState::From(offset));
-                let (topic, partition) = &self.slots[slot as usize];
+                let (topic, partition, _) = &self.slots[slot as usize];
                 seeks.push(Seek {
                     topic: Arc::clone(topic),
                     partition: *partition,
@@ -254,7 +258,7 @@ impl PartitionTable {
             };
             if owned.committed != Some(point) {
                 owned.committed = Some(point);
-                let (topic, partition) = &self.slots[slot as usize];
+                let (topic, partition, _) = &self.slots[slot as usize];
                 commits.push((Arc::clone(topic), *partition, point));
             }
         }
@@ -267,7 +271,7 @@ impl PartitionTable {
             .owned
             .keys()
             .map(|slot| {
-                let (topic, partition) = &self.slots[slot as usize];
+                let (topic, partition, _) = &self.slots[slot as usize];
                 TopicPartition {
                     topic: Arc::clone(topic),
                     partition: *partition,
@@ -320,7 +324,7 @@ mod tests {
         t.complete(&r[0]).unwrap();
         t.rewind(&r[1]).unwrap();
         assert!(!t.is_current(&r[2]), "work read before the rewind is stale");
-        assert_eq!(t.track("t", 0, 3), None, "prefetched before the seek");
+        assert!(t.track("t", 0, 3).is_none(), "prefetched before the seek");
         assert_eq!(
             t.take_seeks(),
             vec![Seek {
@@ -329,7 +333,7 @@ mod tests {
                 offset: 1
             }]
         );
-        assert_eq!(t.track("t", 0, 0), None, "before the seek target");
+        assert!(t.track("t", 0, 0).is_none(), "before the seek target");
         let again = t.track("t", 0, 1).unwrap().0;
         assert_eq!(again.offset, 1);
         assert!(t.is_current(&again));
