@@ -10,6 +10,7 @@
 //! cargo run --release -p anybus-bench -- retry              # the retry rows alone (+ brokers with the features)
 //! cargo run --release -p anybus-bench --features redis,postgres -- dedup   # the dedup rows (Redis on :6379, PostgreSQL on :5432)
 //! cargo run --release -p anybus-bench -- scenario end-to-end raw 1 multi 20   # one scenario, for perf
+//! cargo run --release -p anybus-bench --features kafka -- kafka-vs-raw   # the Kafka rows against raw rdkafka alone
 //! cargo run --release -p anybus-bench --features kafka -- kafka-consume 4 5 anybus   # Kafka consume runs, for perf
 //! ```
 //!
@@ -680,7 +681,7 @@ fn main() {
         ));
     }
     #[cfg(feature = "kafka")]
-    if only.is_empty() || only == "kafka" {
+    if only.is_empty() || only == "kafka" || only == "kafka-vs-raw" {
         kafka::rows(&Flavor::MultiThread.runtime(), &mut rows);
     }
     if only.is_empty() || only == "memory" || only == "retry" {
