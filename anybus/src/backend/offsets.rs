@@ -21,12 +21,21 @@ use std::collections::VecDeque;
 /// ```
 #[derive(Clone, Debug)]
 pub struct OffsetTracker {
-    /// Handed-out offsets in ascending order, with whether each is finished; the front is
-    /// always unfinished.
-    pending: VecDeque<(i64, bool)>,
+    /// Handed-out offsets in ascending order, with how far each got; the front is never
+    /// finished.
+    pending: VecDeque<(i64, State)>,
     /// One past the last offset handed out (or the start offset).
     next: i64,
     in_flight: usize,
+    abandoned: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Running,
+    Finished,
+    /// Given up before it started: not in flight, not finished.
+    Abandoned,
 }
 
 impl OffsetTracker {
@@ -36,6 +45,7 @@ impl OffsetTracker {
             pending: VecDeque::new(),
             next: start,
             in_flight: 0,
+            abandoned: 0,
         }
     }
 
@@ -43,33 +53,49 @@ impl OffsetTracker {
     /// (compacted or transactional offsets) are fine.
     pub fn track(&mut self, offset: i64) {
         debug_assert!(offset >= self.next, "offsets tracked out of order");
-        self.pending.push_back((offset, false));
+        self.pending.push_back((offset, State::Running));
         self.next = offset + 1;
         self.in_flight += 1;
+    }
+
+    fn find(&self, offset: i64) -> Option<usize> {
+        match self.pending.front() {
+            Some(&(front, _)) if front == offset => Some(0),
+            _ => self.pending.binary_search_by_key(&offset, |&(o, _)| o).ok(),
+        }
     }
 
     /// Records that `offset` finished. Returns whether the commit point moved. An offset that
     /// was not handed out, or finished already, changes nothing.
     pub fn complete(&mut self, offset: i64) -> bool {
-        match self.pending.front() {
-            Some(&(front, _)) if front == offset => {
-                self.pending.pop_front();
+        let Some(i) = self.find(offset) else {
+            return false;
+        };
+        match self.pending[i].1 {
+            State::Finished => return false,
+            State::Running => self.in_flight -= 1,
+            State::Abandoned => self.abandoned -= 1,
+        }
+        self.pending[i].1 = State::Finished;
+        if i > 0 {
+            return false;
+        }
+        while let Some(&(_, State::Finished)) = self.pending.front() {
+            self.pending.pop_front();
+        }
+        true
+    }
+
+    /// Records that `offset` will not be finished after all: it was given up before it
+    /// started, because its partition is being handed over. It no longer counts as in flight,
+    /// and the commit point never passes it, so whoever reads the partition next gets it.
+    pub fn abandon(&mut self, offset: i64) {
+        if let Some(i) = self.find(offset) {
+            if self.pending[i].1 == State::Running {
+                self.pending[i].1 = State::Abandoned;
                 self.in_flight -= 1;
-                while let Some(&(_, true)) = self.pending.front() {
-                    self.pending.pop_front();
-                }
-                true
+                self.abandoned += 1;
             }
-            Some(_) => {
-                if let Ok(i) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) {
-                    if !self.pending[i].1 {
-                        self.pending[i].1 = true;
-                        self.in_flight -= 1;
-                    }
-                }
-                false
-            }
-            None => false,
         }
     }
 
@@ -83,9 +109,14 @@ impl OffsetTracker {
         self.next
     }
 
-    /// How many handed-out offsets are not finished.
+    /// How many handed-out offsets are running: neither finished nor abandoned.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// How many handed-out offsets were abandoned (and are not finished).
+    pub fn abandoned(&self) -> usize {
+        self.abandoned
     }
 }
 
@@ -134,5 +165,26 @@ mod tests {
         t.complete(1);
         assert_eq!(t.in_flight(), 1);
         assert_eq!(t.commit_point(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_offset_holds_the_commit_point_but_is_not_in_flight() {
+        let mut t = OffsetTracker::new(0);
+        for o in 0..4 {
+            t.track(o);
+        }
+        t.complete(0);
+        t.abandon(1);
+        t.abandon(1);
+        assert_eq!((t.in_flight(), t.abandoned()), (2, 1));
+        t.complete(2);
+        t.complete(3);
+        assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.commit_point(), 1, "never past the abandoned offset");
+        t.abandon(3);
+        assert_eq!(t.abandoned(), 1, "a finished offset is not abandoned");
+        // Should an abandoned offset finish anyway, it counts as finished.
+        assert!(t.complete(1));
+        assert_eq!((t.commit_point(), t.abandoned()), (4, 0));
     }
 }
