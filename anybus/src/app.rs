@@ -121,7 +121,9 @@ impl AppBuilder {
         self
     }
 
-    /// How long shutdown and rebalances wait for in-flight handlers (default 30 s).
+    /// How long shutdown and rebalances wait for running handlers (default 30 s). A partition
+    /// asked back in a rebalance waits only for the handlers running on it: what was fetched
+    /// behind them is not started, and goes to the partition's next owner.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self

@@ -49,8 +49,11 @@ pub struct SubscriptionStats {
     pub redeliveries: AtomicU64,
     /// Acks and nacks dropped because their generation was no longer live.
     pub stale_settlements: AtomicU64,
-    /// Deliveries skipped before their handler ran because their partition had moved on.
+    /// Deliveries given up before their handler ran (or before another attempt) because their
+    /// partition had moved on or was being handed over; they go to its next owner.
     pub skipped_stale: AtomicU64,
+    /// Partitions this member began to hand over in a rebalance.
+    pub handovers: AtomicU64,
     /// Whether a key-ordered subscription has stopped fetching because it holds
     /// `max_buffered` unfinished deliveries; it fetches again as keys drain.
     pub held_back: watch::Sender<bool>,
@@ -75,6 +78,7 @@ impl Default for SubscriptionStats {
             redeliveries: AtomicU64::default(),
             stale_settlements: AtomicU64::default(),
             skipped_stale: AtomicU64::default(),
+            handovers: AtomicU64::default(),
             held_back: watch::Sender::new(false),
             peak_buffered: AtomicU64::default(),
             fetch_pauses: AtomicU64::default(),
@@ -98,6 +102,7 @@ impl SubscriptionStats {
             redeliveries: get(&self.redeliveries),
             stale_settlements: get(&self.stale_settlements),
             skipped_stale: get(&self.skipped_stale),
+            handovers: get(&self.handovers),
             peak_buffered: get(&self.peak_buffered),
             fetch_pauses: get(&self.fetch_pauses),
         }
@@ -165,6 +170,8 @@ pub struct StatsSnapshot {
     pub stale_settlements: u64,
     /// See [`SubscriptionStats::skipped_stale`].
     pub skipped_stale: u64,
+    /// See [`SubscriptionStats::handovers`].
+    pub handovers: u64,
     /// See [`SubscriptionStats::peak_buffered`].
     pub peak_buffered: u64,
     /// See [`SubscriptionStats::fetch_pauses`].

@@ -218,6 +218,102 @@ async fn a_stale_ack_after_a_rebalance_commits_nothing() {
     );
 }
 
+/// A partition asked back in a rebalance waits only for the handler running on it: the messages
+/// fetched behind that one are given up, not handled, and the partition's next owner starts at
+/// the first of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_waits_only_for_the_running_handler() {
+    const PER_PARTITION: i64 = 10;
+    let env = Env::kafka();
+    let (topic, group) = (env.unique("handover"), env.unique("g"));
+    let gate = Arc::new(Semaphore::new(0));
+    let (first_tx, mut first_seen) = Inbox::new();
+    let (second_tx, mut second_seen) = Inbox::new();
+    let held = Arc::clone(&gate);
+    let two_partitions = || {
+        Subscription::builder([topic.as_str()])
+            .group(&group)
+            .partitions(2)
+    };
+    let place = |m: &Message| (m.origin().partition.unwrap(), m.origin().offset.unwrap());
+    let first = App::builder()
+        .subscribe(two_partitions().name("member").handler(move |m: Message| {
+            let (held, first_tx) = (Arc::clone(&held), first_tx.clone());
+            async move {
+                let at = place(&m);
+                let _ = first_tx.send(at);
+                if at.1 == 0 {
+                    // The first message of each partition runs until the test opens the gate.
+                    let _ = held.acquire().await;
+                }
+                Ok::<(), HandlerError>(())
+            }
+        }))
+        // Far longer than the test: only the settlements can end the handover.
+        .drain_timeout(Duration::from_secs(120))
+        .connect(&env.url)
+        .await
+        .expect("first member");
+    let publisher = first.publisher();
+    let mut per_partition = [0i64; 2];
+    for key in 0.. {
+        let origin = publisher
+            .send(Message::new(topic.as_str(), "x").with_key(format!("k{key}")))
+            .await
+            .expect("publish");
+        per_partition[origin.partition.expect("a partition") as usize] += 1;
+        if per_partition.iter().all(|n| *n >= PER_PARTITION) {
+            break;
+        }
+    }
+    let mut running: Vec<(i32, i64)> = first_seen.take(2, "both first messages run").await;
+    running.sort();
+    assert_eq!(running, [(0, 0), (1, 0)]);
+
+    // Joining moves one partition (cooperative-sticky) to the second member, once the first
+    // member's handler on it finished.
+    let second = env
+        .start(vec![two_partitions().name("member").handler(
+            move |m: Message| {
+                let _ = second_tx.send(place(&m));
+                std::future::ready(Ok::<(), HandlerError>(()))
+            },
+        )])
+        .await;
+    wait_stats(
+        &first,
+        "the rebalance asks the first member for a partition",
+        tokio::time::Instant::now() + PATIENCE,
+        |s| s.handovers > 0,
+    )
+    .await;
+    gate.close();
+
+    let (moved, offset) = second_seen.next("the moved partition's next owner").await;
+    let kept = 1 - moved;
+    assert_eq!(offset, 1, "it starts behind the message that was running");
+    for expected in 2..per_partition[moved as usize] {
+        assert_eq!(
+            second_seen.next("the rest of the moved partition").await,
+            (moved, expected)
+        );
+    }
+    for expected in 1..per_partition[kept as usize] {
+        assert_eq!(
+            first_seen.next("the rest of the kept partition").await,
+            (kept, expected)
+        );
+    }
+    wait_committed(&env, &group, &topic, &per_partition).await;
+    first.shutdown().await.expect("shutdown");
+    second.shutdown().await.expect("shutdown");
+    assert!(
+        first_seen.drain_ready().is_empty(),
+        "the first member handled more of the moved partition"
+    );
+    assert!(second_seen.drain_ready().is_empty(), "handled twice");
+}
+
 #[tokio::test]
 async fn an_unreachable_bootstrap_server_fails_connect_in_bounded_time() {
     let started = std::time::Instant::now();

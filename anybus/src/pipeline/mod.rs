@@ -67,8 +67,7 @@ impl Worker {
         Fut: Future<Output = Outcome>,
     {
         let Delivery { message, receipt } = delivery;
-        if !self.settler.is_current(&receipt) {
-            SubscriptionStats::count(&self.stats.skipped_stale);
+        if !self.may_start(&receipt) {
             return;
         }
         if self.patterns && self.is_foreign_helper(message.topic()) {
@@ -86,8 +85,7 @@ impl Worker {
             redeliver::due(&message).and_then(|due| due.duration_since(SystemTime::now()).ok())
         {
             tokio::time::sleep(wait).await;
-            if !self.settler.is_current(&receipt) {
-                SubscriptionStats::count(&self.stats.skipped_stale);
+            if !self.may_start(&receipt) {
                 return;
             }
         }
@@ -151,9 +149,9 @@ impl Worker {
                 SubscriptionStats::count(&self.stats.retries);
                 // The key stays held while the retry waits.
                 self.holding(key.as_deref(), tokio::time::sleep(wait)).await;
-                if !self.settler.is_current(&receipt) {
-                    // The partition moved on while this waited: its new owner has the message.
-                    SubscriptionStats::count(&self.stats.skipped_stale);
+                if !self.may_start(&receipt) {
+                    // The partition moved on, or is being handed over, while this waited: its
+                    // (next) owner gets the message.
                     self.release(key.as_deref()).await;
                     return;
                 }
@@ -240,6 +238,18 @@ impl Worker {
                 self.settler.ack(&receipt);
             }
         }
+    }
+
+    /// Whether the delivery's work may start, or go on to another attempt. If not (its
+    /// partition moved on, or is being handed over), gives the delivery up, unacknowledged,
+    /// to the partition's next owner, and counts it.
+    fn may_start(&self, receipt: &Receipt) -> bool {
+        if self.settler.may_start(receipt) {
+            return true;
+        }
+        SubscriptionStats::count(&self.stats.skipped_stale);
+        self.settler.skip(receipt);
+        false
     }
 
     /// Whether `topic` is a dead-letter topic, a wait queue's routing key, or another group's

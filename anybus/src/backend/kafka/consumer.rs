@@ -4,9 +4,11 @@
 //! Offsets are never committed by librdkafka on its own (`enable.auto.commit=false`): the poll
 //! thread commits, asynchronously every `commit_interval`, the commit points the
 //! [`PartitionTable`] computes from completed work, and synchronously when partitions are
-//! revoked and when the consumer closes. A revoke waits (up to the drain timeout) for the work
-//! in flight on the revoked partitions, commits what completed, and then lets the partitions go
-//! with their generation retired, so a late ack from this member can commit nothing for them.
+//! revoked and when the consumer closes. A revoke stops new work on the revoked partitions
+//! (deliveries fetched but not started are skipped, [`Settler::skip`]), waits (up to the drain
+//! timeout) for the handlers running on them, commits what completed, and then lets the
+//! partitions go with their generation retired, so a late ack from this member can commit
+//! nothing for them.
 //!
 //! The poll thread is a plain OS thread because the rebalance callback blocks while draining,
 //! and it must not block a runtime worker.
@@ -63,6 +65,7 @@ impl Shared {
         let mut table = self.lock();
         for tp in revoked.elements() {
             table.begin_revoke(tp.topic(), tp.partition());
+            SubscriptionStats::count(&self.stats.handovers);
         }
         while table.revoking_in_flight() > 0 && !self.closing.load(Ordering::Acquire) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -110,6 +113,18 @@ impl Shared {
 impl Settler for Shared {
     fn is_current(&self, receipt: &Receipt) -> bool {
         self.lock().is_current(receipt)
+    }
+
+    fn may_start(&self, receipt: &Receipt) -> bool {
+        self.lock().may_start(receipt)
+    }
+
+    fn skip(&self, receipt: &Receipt) {
+        let mut table = self.lock();
+        table.skip(receipt);
+        if table.revoking_in_flight() == 0 && table.any_revoking() {
+            self.drained.notify_all();
+        }
     }
 
     fn ack(&self, receipt: &Receipt) {

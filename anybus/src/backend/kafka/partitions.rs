@@ -208,6 +208,29 @@ impl PartitionTable {
             .is_some_and(|o| o.generation == receipt.generation && o.seek.is_none())
     }
 
+    /// Whether the receipt's work may start: its generation is live and its partition is not
+    /// being revoked.
+    pub(super) fn may_start(&self, receipt: &Receipt) -> bool {
+        self.is_current(receipt)
+            && self
+                .owned
+                .get(&receipt.slot)
+                .is_some_and(|owned| !owned.revoking)
+    }
+
+    /// Records that a message of a revoking partition was given up before it started, so the
+    /// drain does not wait for it and the commit point stays below it. Changes nothing for a
+    /// stale receipt.
+    pub(super) fn skip(&mut self, receipt: &Receipt) {
+        if let Some(tracker) = self
+            .live(receipt)
+            .filter(|owned| owned.revoking)
+            .and_then(|owned| owned.tracker.as_mut())
+        {
+            tracker.abandon(receipt.offset);
+        }
+    }
+
     /// Records a finished message. `Err(())` when the receipt is stale.
     pub(super) fn complete(&mut self, receipt: &Receipt) -> Result<(), ()> {
         let owned = self.live(receipt).ok_or(())?;
@@ -350,5 +373,33 @@ mod tests {
             .map(|tp| (tp.topic.to_string(), tp.partition))
             .collect();
         assert_eq!(names, [("a".into(), 0), ("b".into(), 1)]);
+    }
+
+    #[test]
+    fn a_revoke_gives_up_work_not_started_and_commits_below_it() {
+        let mut t = PartitionTable::default();
+        t.assign("t", 0);
+        let r: Vec<Receipt> = (0..4).map(|o| t.track("t", 0, o).unwrap().0).collect();
+        t.complete(&r[0]).unwrap();
+        assert!(t.may_start(&r[1]));
+        // Outside a revoke, skipping gives nothing up: r[1] stays in flight.
+        t.skip(&r[1]);
+        t.begin_revoke("t", 0);
+        assert!(!t.may_start(&r[2]), "no new work on a revoking partition");
+        assert!(t.is_current(&r[1]), "work running on it may still finish");
+        assert_eq!(t.revoking_in_flight(), 3);
+        t.complete(&r[1]).unwrap();
+        t.skip(&r[2]);
+        t.skip(&r[3]);
+        assert_eq!(
+            t.revoking_in_flight(),
+            0,
+            "the drain waits for nothing more"
+        );
+        assert_eq!(
+            t.finish_revoke("t", 0),
+            Some(2),
+            "the next owner starts at the first skipped"
+        );
     }
 }

@@ -61,7 +61,7 @@ impl Member {
                 continue;
             }
             st.synced[gi] = version;
-            let a = group.lock();
+            let mut a = group.lock();
             for p in 0..a.owner.len() {
                 let key = slot_key(gi, p);
                 let owned = a.owner[p] == Some(self.id);
@@ -86,9 +86,21 @@ impl Member {
                         let slot = &mut st.slots[i];
                         slot.revoke_deadline = match (wanted, slot.revoke_deadline) {
                             (true, _) => None,
-                            (false, None) => Some(now + self.drain_timeout),
+                            (false, None) => {
+                                SubscriptionStats::count(&self.stats.handovers);
+                                Some(now + self.drain_timeout)
+                            }
                             (false, deadline) => deadline,
                         };
+                        if slot.revoke_deadline.is_none() && slot.tracker.abandoned() > 0 {
+                            // Kept after all, but what was given up meanwhile must be read
+                            // again: from the first unfinished message, under a new generation.
+                            // (`group.rewind`, with the lock held here.)
+                            a.generation[p] += 1;
+                            slot.generation = a.generation[p];
+                            slot.position = slot.tracker.commit_point();
+                            slot.tracker = OffsetTracker::new(slot.position);
+                        }
                     }
                     (false, Some(i)) => {
                         st.slots.swap_remove(i);
@@ -195,6 +207,23 @@ fn slot_key(group: usize, partition: usize) -> u32 {
 impl Settler for Member {
     fn is_current(&self, receipt: &Receipt) -> bool {
         Self::live_slot(&mut self.lock(), receipt).is_some()
+    }
+
+    fn may_start(&self, receipt: &Receipt) -> bool {
+        Self::live_slot(&mut self.lock(), receipt).is_some_and(|s| s.revoke_deadline.is_none())
+    }
+
+    fn skip(&self, receipt: &Receipt) {
+        let mut st = self.lock();
+        let Some(slot) = Self::live_slot(&mut st, receipt) else {
+            return;
+        };
+        if slot.revoke_deadline.is_some() {
+            slot.tracker.abandon(receipt.offset);
+            if slot.tracker.in_flight() == 0 {
+                self.notify.notify_waiters();
+            }
+        }
     }
 
     fn ack(&self, receipt: &Receipt) {

@@ -253,7 +253,7 @@ impl Backend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Delivery;
+    use crate::backend::{Delivery, Receipt};
     use crate::observe::SubscriptionStats;
     use std::time::Duration;
 
@@ -366,5 +366,116 @@ mod tests {
             .map(|d| d.message.origin().offset.unwrap())
             .collect();
         assert_eq!(offsets, [1, 2]);
+    }
+
+    fn places(deliveries: &[Delivery]) -> Vec<(i32, i64)> {
+        let mut places: Vec<(i32, i64)> = deliveries
+            .iter()
+            .map(|d| {
+                let origin = d.message.origin();
+                (origin.partition.unwrap(), origin.offset.unwrap())
+            })
+            .collect();
+        places.sort();
+        places
+    }
+
+    fn of(deliveries: &[Delivery], partition: i32, offset: i64) -> Receipt {
+        deliveries
+            .iter()
+            .find(|d| {
+                d.message.origin().partition == Some(partition)
+                    && d.message.origin().offset == Some(offset)
+            })
+            .map(|d| d.receipt)
+            .expect("a delivery there")
+    }
+
+    #[tokio::test]
+    async fn a_handover_gives_up_work_not_started_and_waits_only_for_running_work() {
+        let url = BrokerUrl::parse("memory://unit-handover").unwrap();
+        let backend = MemoryBackend::connect(&url).unwrap();
+        // A drain long enough that only the settlements below can end it.
+        let drain = Duration::from_secs(600);
+        let first = config("g", drain);
+        let first_stats = Arc::clone(&first.stats);
+        let mut one = backend.consume(first).await.unwrap();
+        publish_one_per_partition(&backend);
+        publish_one_per_partition(&backend);
+        let mut old = Vec::new();
+        one.poll(&mut old).await.unwrap();
+        assert_eq!(old.len(), 8);
+
+        let mut two = backend.consume(config("g", drain)).await.unwrap();
+        publish_one_per_partition(&backend);
+        let mut fresh = Vec::new();
+        one.poll(&mut fresh).await.unwrap();
+        assert_eq!(partitions(&fresh), [0, 2], "1 and 3 are being handed over");
+        assert_eq!(first_stats.handovers.load(Ordering::Relaxed), 2);
+
+        let settler = one.settler();
+        assert!(
+            settler.may_start(&of(&old, 0, 1)),
+            "a kept partition goes on"
+        );
+        let (running, waiting) = (of(&old, 1, 0), of(&old, 1, 1));
+        assert!(!settler.may_start(&waiting), "nothing new starts on 1");
+        assert!(settler.is_current(&running), "what runs on 1 may finish");
+        // Offset 0 of partition 1 was running and finishes; the rest was not started.
+        settler.ack(&running);
+        settler.skip(&waiting);
+        settler.skip(&of(&old, 3, 0));
+        settler.skip(&of(&old, 3, 1));
+
+        // Nothing is in flight on 1 and 3 now, so the next poll hands them over.
+        publish_one_per_partition(&backend);
+        let mut more = Vec::new();
+        one.poll(&mut more).await.unwrap();
+        assert_eq!(backend.broker().committed("g", "t")[1..], [1, 0, 0]);
+        let mut taken_over = Vec::new();
+        while taken_over.len() < 7 {
+            two.poll(&mut taken_over).await.unwrap();
+        }
+        assert_eq!(
+            places(&taken_over),
+            [(1, 1), (1, 2), (1, 3), (3, 0), (3, 1), (3, 2), (3, 3)],
+            "from the first message not finished"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handover_called_off_reads_again_what_it_gave_up() {
+        let url = BrokerUrl::parse("memory://unit-handover-off?partitions=2").unwrap();
+        let backend = MemoryBackend::connect(&url).unwrap();
+        let drain = Duration::from_secs(600);
+        let mut one = backend.consume(config("g", drain)).await.unwrap();
+        for _ in 0..4 {
+            backend.broker().append(Message::new("t", "x"));
+        }
+        let mut old = Vec::new();
+        one.poll(&mut old).await.unwrap();
+        assert_eq!(places(&old), [(0, 0), (0, 1), (1, 0), (1, 1)]);
+
+        let two = backend.consume(config("g", drain)).await.unwrap();
+        for _ in 0..2 {
+            backend.broker().append(Message::new("t", "x"));
+        }
+        let mut fresh = Vec::new();
+        one.poll(&mut fresh).await.unwrap();
+        assert_eq!(places(&fresh), [(0, 2)], "1 is being handed over");
+        let settler = one.settler();
+        // Offset 0 of partition 1 still runs; offset 1 was given up.
+        settler.skip(&of(&old, 1, 1));
+
+        // The second member leaves before the handover: partition 1 stays, and what was given
+        // up is read again, from the first unfinished offset.
+        two.close().await.unwrap();
+        let mut again = Vec::new();
+        one.poll(&mut again).await.unwrap();
+        assert_eq!(places(&again), [(1, 0), (1, 1), (1, 2)]);
+        assert!(
+            !settler.is_current(&of(&old, 1, 0)),
+            "the earlier read of partition 1 is stale"
+        );
     }
 }
