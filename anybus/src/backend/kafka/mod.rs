@@ -157,20 +157,23 @@ impl KafkaBackend {
     }
 
     async fn send(&self, message: Message) -> Result<Origin, PublishError> {
-        let topic = message.topic().to_owned();
-        if !self.is_declared(&topic) {
+        let topic = message.topic();
+        let rejected = |reason: String| PublishError::Rejected {
+            topic: topic.to_owned(),
+            reason,
+        };
+        if !self.is_declared(topic) {
             self.create_topics(&[TopicSpec {
-                name: topic.clone(),
+                name: topic.to_owned(),
                 partitions: None,
                 keep_for: None,
             }])
             .await
-            .map_err(|e| PublishError::Rejected {
-                topic: topic.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| rejected(e.to_string()))?;
         }
-        let id = message.id().to_string();
+        // The id's text on the stack: no allocation per message for it.
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = message.id().as_uuid().hyphenated().encode_lower(&mut id);
         let mut headers =
             OwnedHeaders::new_with_capacity(message.headers().len() + 1).insert(Header {
                 key: header::MESSAGE_ID,
@@ -182,7 +185,7 @@ impl KafkaBackend {
                 value: Some(&value[..]),
             });
         }
-        let mut record = FutureRecord::to(&topic)
+        let mut record = FutureRecord::to(topic)
             .payload(&message.payload()[..])
             .headers(headers);
         if let Some(key) = message.key() {
@@ -192,10 +195,7 @@ impl KafkaBackend {
             .producer
             .send(record, Duration::from_secs(30))
             .await
-            .map_err(|(e, _)| PublishError::Rejected {
-                topic: topic.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|(e, _)| rejected(e.to_string()))?;
         Ok(Origin {
             topic: Arc::clone(&message.origin().topic),
             partition: Some(delivered.partition),
