@@ -683,10 +683,14 @@ fn backoff(policy: &RetrySpec) -> backon::ExponentialBackoff {
 
 /// Where one lane or pool worker takes its deliveries from.
 enum Source {
-    /// A partition's lane: takes its deliveries a chunk at a time.
+    /// A partition's lane: takes its deliveries a chunk at a time, and gives the dispatch
+    /// loop a chunk's room back when it is through with the chunk.
     Lane {
-        rx: mpsc::Receiver<Vec<Delivery>>,
+        rx: mpsc::UnboundedReceiver<Vec<Delivery>>,
         chunk: std::vec::IntoIter<Delivery>,
+        room: Arc<tokio::sync::Semaphore>,
+        /// The size of the chunk worked through: its room is given back with the next one.
+        held: usize,
     },
     Pool(async_channel::Receiver<Delivery>),
     /// A pool worker under key ordering: reports each finished key back to the dispatch loop,
@@ -710,7 +714,8 @@ pub struct Lane {
 impl Lane {
     pub(crate) fn of_partition(
         worker: Arc<Worker>,
-        rx: mpsc::Receiver<Vec<Delivery>>,
+        rx: mpsc::UnboundedReceiver<Vec<Delivery>>,
+        room: Arc<tokio::sync::Semaphore>,
         stopping: Arc<AtomicBool>,
     ) -> Self {
         Self {
@@ -718,6 +723,8 @@ impl Lane {
             source: Source::Lane {
                 rx,
                 chunk: Vec::new().into_iter(),
+                room,
+                held: 0,
             },
             stopping,
         }
@@ -756,12 +763,21 @@ impl Lane {
     {
         loop {
             let (next, key) = match &mut self.source {
-                Source::Lane { rx, chunk } => loop {
+                Source::Lane {
+                    rx,
+                    chunk,
+                    room,
+                    held,
+                } => loop {
                     if let Some(delivery) = chunk.next() {
                         break (Some(delivery), None);
                     }
+                    room.add_permits(std::mem::take(held));
                     match rx.recv().await {
-                        Some(next) => *chunk = next.into_iter(),
+                        Some(next) => {
+                            *held = next.len();
+                            *chunk = next.into_iter();
+                        }
                         None => break (None, None),
                     }
                 },
@@ -781,6 +797,10 @@ impl Lane {
                     break;
                 }
             }
+        }
+        if let Source::Lane { room, .. } = &self.source {
+            // A dispatch loop waiting for room in a lane that stopped waits no more.
+            room.close();
         }
     }
 }

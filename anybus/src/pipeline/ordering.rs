@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
 use tokio::task::JoinSet;
 
 use super::keys::KeyQueues;
@@ -38,9 +38,19 @@ use crate::subscription::Ordering;
 /// loop and a busy lane wake each other for every message).
 const LANE_CHUNK: usize = 128;
 
-/// Chunks a lane buffers, besides the one it works through, before the dispatch loop waits:
-/// a lane holds at most `(LANE_CHUNKS + 1) * LANE_CHUNK` deliveries.
-const LANE_CHUNKS: usize = 1;
+/// The most deliveries a lane holds, the chunk it works through included, before the dispatch
+/// loop waits for it: counted in deliveries, not chunks, so that short runs (partitions
+/// interleaved in a batch) do not shrink a lane's buffer.
+const LANE_CAPACITY: usize = 2 * LANE_CHUNK;
+
+/// The dispatch loop's side of a partition's lane.
+struct LaneTx {
+    slot: u32,
+    tx: mpsc::UnboundedSender<Vec<Delivery>>,
+    /// Permits for the deliveries the lane may still take; the lane gives a chunk's back when
+    /// it is through with it, and closes it when it stops.
+    room: Arc<Semaphore>,
+}
 
 /// How one subscription member is run.
 pub(crate) struct Dispatch {
@@ -56,7 +66,7 @@ pub(crate) struct Dispatch {
 enum Router {
     /// One lane per slot. A member owns a handful of partitions, so a scan beats hashing the
     /// slot of every delivery.
-    Lanes(Vec<(u32, mpsc::Sender<Vec<Delivery>>)>),
+    Lanes(Vec<LaneTx>),
     Pool(async_channel::Sender<Delivery>),
     Keys(Keyed),
 }
@@ -247,7 +257,7 @@ impl Dispatch {
     /// then also the stop signal; `false` when stopping.
     async fn to_lanes(
         &self,
-        lanes: &mut Vec<(u32, mpsc::Sender<Vec<Delivery>>)>,
+        lanes: &mut Vec<LaneTx>,
         batch: &mut Vec<Delivery>,
         tasks: &mut JoinSet<()>,
         stopping: &Arc<AtomicBool>,
@@ -264,24 +274,32 @@ impl Dispatch {
                     None => break,
                 }
             }
-            let i = match lanes.iter().position(|(s, _)| *s == slot) {
+            let i = match lanes.iter().position(|lane| lane.slot == slot) {
                 Some(i) => i,
                 None => {
-                    let lane = spawn_lane(tasks, Arc::clone(&self.worker), Arc::clone(stopping));
-                    lanes.push((slot, lane));
+                    let lane =
+                        spawn_lane(slot, tasks, Arc::clone(&self.worker), Arc::clone(stopping));
+                    lanes.push(lane);
                     lanes.len() - 1
                 }
             };
-            let lane = &lanes[i].1;
-            let sent = match lane.try_send(chunk) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-                Err(mpsc::error::TrySendError::Full(chunk)) => tokio::select! {
+            let lane = &lanes[i];
+            // A chunk is never larger than the lane's capacity, so the permits come.
+            let n = chunk.len() as u32;
+            let permits = match lane.room.try_acquire_many(n) {
+                Ok(permits) => Some(permits),
+                Err(TryAcquireError::Closed) => None,
+                Err(TryAcquireError::NoPermits) => tokio::select! {
                     biased;
-                    _ = stop.changed() => false,
-                    sent = lane.send(chunk) => sent.is_ok(),
+                    _ = stop.changed() => None,
+                    permits = lane.room.acquire_many(n) => permits.ok(),
                 },
             };
+            // The lane gives them back itself, when it is through with the chunk.
+            let sent = permits.is_some_and(|permits| {
+                permits.forget();
+                lane.tx.send(chunk).is_ok()
+            });
             if !sent {
                 return false;
             }
@@ -291,12 +309,14 @@ impl Dispatch {
 }
 
 fn spawn_lane(
+    slot: u32,
     tasks: &mut JoinSet<()>,
     worker: Arc<Worker>,
     stopping: Arc<AtomicBool>,
-) -> mpsc::Sender<Vec<Delivery>> {
-    let (tx, rx) = mpsc::channel::<Vec<Delivery>>(LANE_CHUNKS);
+) -> LaneTx {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let room = Arc::new(Semaphore::new(LANE_CAPACITY));
     let handler = Arc::clone(&worker.handler);
-    tasks.spawn(handler.serve(Lane::of_partition(worker, rx, stopping)));
-    tx
+    tasks.spawn(handler.serve(Lane::of_partition(worker, rx, Arc::clone(&room), stopping)));
+    LaneTx { slot, tx, room }
 }
