@@ -122,8 +122,9 @@ impl AppBuilder {
     }
 
     /// How long shutdown and rebalances wait for running handlers (default 30 s). A partition
-    /// asked back in a rebalance waits only for the handlers running on it: what was fetched
-    /// behind them is not started, and goes to the partition's next owner.
+    /// asked back in a rebalance waits for the handlers running on it (a wait between
+    /// in-process retries counts as running); deliveries fetched behind them are given up as
+    /// they come up, not started, and go to the partition's next owner.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self

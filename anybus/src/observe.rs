@@ -147,6 +147,7 @@ impl SubscriptionStats {
 
 /// The counters of one subscription at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StatsSnapshot {
     /// See [`SubscriptionStats::handled`].
     pub handled: u64,

@@ -314,6 +314,105 @@ async fn a_handover_waits_only_for_the_running_handler() {
     assert!(second_seen.drain_ready().is_empty(), "handled twice");
 }
 
+/// A handover whose last work in flight fails (a nack, which rewinds the partition) ends then,
+/// not at the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_during_a_handover_ends_its_drain() {
+    let env = Env::kafka();
+    let (topic, group) = (env.unique("handover-nack"), env.unique("g"));
+    let gate = Arc::new(Semaphore::new(0));
+    let (first_tx, mut first_seen) = Inbox::new();
+    let (second_tx, mut second_seen) = Inbox::new();
+    let held = Arc::clone(&gate);
+    let failed = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let two_partitions = || {
+        Subscription::builder([topic.as_str()])
+            .group(&group)
+            .partitions(2)
+    };
+    let place = |m: &Message| (m.origin().partition.unwrap(), m.origin().offset.unwrap());
+    let first = App::builder()
+        .subscribe(two_partitions().name("member").handler(move |m: Message| {
+            let (held, first_tx, failed) =
+                (Arc::clone(&held), first_tx.clone(), Arc::clone(&failed));
+            async move {
+                let at = place(&m);
+                let _ = first_tx.send(at);
+                // The first delivery of a "block" message waits for the test, then fails
+                // transiently: with no retry policy, that is a nack.
+                if m.payload() == "block" && failed.lock().unwrap().insert(at) {
+                    let _ = held.acquire().await;
+                    return Err(HandlerError::transient(std::io::Error::other("once")));
+                }
+                Ok(())
+            }
+        }))
+        // Far longer than the test's patience: only the nack can end the handover in time.
+        .drain_timeout(Duration::from_secs(120))
+        .connect(&env.url)
+        .await
+        .expect("first member");
+    // Keyed messages until each partition has one, handled at once: that finds a key of each.
+    let publisher = first.publisher();
+    let mut key_of = [None, None];
+    let mut per_partition = [0i64; 2];
+    for key in 0.. {
+        let key = format!("k{key}");
+        let origin = publisher
+            .send(Message::new(topic.as_str(), "x").with_key(key.clone()))
+            .await
+            .expect("publish");
+        let p = origin.partition.expect("a partition") as usize;
+        per_partition[p] += 1;
+        key_of[p].get_or_insert(key);
+        if key_of.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    wait_committed(&env, &group, &topic, &per_partition).await;
+    let _ = first_seen.drain_ready();
+    // Then one "block" message in each: the only work of each partition, so nothing fetched
+    // behind it could end a drain.
+    for key in key_of.iter().flatten() {
+        publisher
+            .send(Message::new(topic.as_str(), "block").with_key(key.clone()))
+            .await
+            .expect("publish");
+    }
+    let mut running: Vec<(i32, i64)> = first_seen.take(2, "both block").await;
+    running.sort();
+    assert_eq!(
+        running,
+        [(0, per_partition[0]), (1, per_partition[1])],
+        "the last message of each partition blocks"
+    );
+
+    let second = env
+        .start(vec![two_partitions().name("member").handler(
+            move |m: Message| {
+                let _ = second_tx.send(place(&m));
+                std::future::ready(Ok::<(), HandlerError>(()))
+            },
+        )])
+        .await;
+    wait_stats(
+        &first,
+        "the rebalance asks the first member for a partition",
+        tokio::time::Instant::now() + PATIENCE,
+        |s| s.handovers > 0,
+    )
+    .await;
+    gate.close();
+
+    // The failed message was not committed: the next owner starts at it.
+    let (moved, offset) = second_seen.next("the moved partition's next owner").await;
+    assert_eq!(offset, per_partition[moved as usize]);
+    let all: Vec<i64> = per_partition.iter().map(|n| n + 1).collect();
+    wait_committed(&env, &group, &topic, &all).await;
+    first.shutdown().await.expect("shutdown");
+    second.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test]
 async fn an_unreachable_bootstrap_server_fails_connect_in_bounded_time() {
     let started = std::time::Instant::now();

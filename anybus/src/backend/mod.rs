@@ -198,18 +198,14 @@ pub trait Settler: Send + Sync {
     /// another member now and should be skipped.
     fn is_current(&self, receipt: &Receipt) -> bool;
 
-    /// Whether the runtime may start the receipt's work, or try it again: its generation is
-    /// live and its partition is not being handed over to another member. By default
+    /// Claims the start of the receipt's work, its first attempt or another one: `true` when
+    /// its generation is live and its partition is not being handed over to another member.
+    /// When the partition is being handed over, the backend gives the delivery up in the same
+    /// step: it no longer counts as in flight (the handover need not wait for it), and, never
+    /// acknowledged, it goes to whoever reads the partition next. By default
     /// [`Settler::is_current`], for backends whose partitions are not handed over.
-    fn may_start(&self, receipt: &Receipt) -> bool {
+    fn try_start(&self, receipt: &Receipt) -> bool {
         self.is_current(receipt)
-    }
-
-    /// The runtime gave the delivery up without finishing it, because [`Settler::may_start`]
-    /// said no: it no longer counts as in flight here (a handover need not wait for it), and,
-    /// never acknowledged, it goes to whoever reads the partition next. By default nothing.
-    fn skip(&self, receipt: &Receipt) {
-        let _ = receipt;
     }
 
     /// The message is done: it may be committed. A stale receipt is dropped and counted.

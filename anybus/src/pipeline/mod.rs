@@ -241,14 +241,13 @@ impl Worker {
     }
 
     /// Whether the delivery's work may start, or go on to another attempt. If not (its
-    /// partition moved on, or is being handed over), gives the delivery up, unacknowledged,
-    /// to the partition's next owner, and counts it.
+    /// partition moved on, or is being handed over), the delivery is given up, unacknowledged,
+    /// to the partition's next owner, and counted.
     fn may_start(&self, receipt: &Receipt) -> bool {
-        if self.settler.may_start(receipt) {
+        if self.settler.try_start(receipt) {
             return true;
         }
         SubscriptionStats::count(&self.stats.skipped_stale);
-        self.settler.skip(receipt);
         false
     }
 

@@ -5,10 +5,10 @@
 //! thread commits, asynchronously every `commit_interval`, the commit points the
 //! [`PartitionTable`] computes from completed work, and synchronously when partitions are
 //! revoked and when the consumer closes. A revoke stops new work on the revoked partitions
-//! (deliveries fetched but not started are skipped, [`Settler::skip`]), waits (up to the drain
-//! timeout) for the handlers running on them, commits what completed, and then lets the
-//! partitions go with their generation retired, so a late ack from this member can commit
-//! nothing for them.
+//! (fetched deliveries are given up as the runtime comes to them, [`Settler::try_start`]),
+//! waits (up to the drain timeout) until none of their work is in flight, commits what
+//! completed, and then lets the partitions go with their generation retired, so a late ack
+//! from this member can commit nothing for them.
 //!
 //! The poll thread is a plain OS thread because the rebalance callback blocks while draining,
 //! and it must not block a runtime worker.
@@ -54,6 +54,13 @@ impl Shared {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Wakes a revoke waiting for its partitions' work, once none is left.
+    fn notify_if_drained(&self, table: &PartitionTable) {
+        if table.revoking_in_flight() == 0 && table.any_revoking() {
+            self.drained.notify_all();
+        }
+    }
+
     fn report_assignment(&self, table: &PartitionTable) {
         let owned = table.assignment();
         self.stats.report_assignment(owned);
@@ -64,8 +71,9 @@ impl Shared {
         let deadline = Instant::now() + self.drain_timeout;
         let mut table = self.lock();
         for tp in revoked.elements() {
-            table.begin_revoke(tp.topic(), tp.partition());
-            SubscriptionStats::count(&self.stats.handovers);
+            if table.begin_revoke(tp.topic(), tp.partition()) {
+                SubscriptionStats::count(&self.stats.handovers);
+            }
         }
         while table.revoking_in_flight() > 0 && !self.closing.load(Ordering::Acquire) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -115,16 +123,13 @@ impl Settler for Shared {
         self.lock().is_current(receipt)
     }
 
-    fn may_start(&self, receipt: &Receipt) -> bool {
-        self.lock().may_start(receipt)
-    }
-
-    fn skip(&self, receipt: &Receipt) {
+    fn try_start(&self, receipt: &Receipt) -> bool {
         let mut table = self.lock();
-        table.skip(receipt);
-        if table.revoking_in_flight() == 0 && table.any_revoking() {
-            self.drained.notify_all();
+        if table.try_start(receipt) {
+            return true;
         }
+        self.notify_if_drained(&table);
+        false
     }
 
     fn ack(&self, receipt: &Receipt) {
@@ -133,9 +138,7 @@ impl Settler for Shared {
             drop(table);
             return self.stats.count_stale(receipt, "ack");
         }
-        if table.revoking_in_flight() == 0 && table.any_revoking() {
-            self.drained.notify_all();
-        }
+        self.notify_if_drained(&table);
     }
 
     fn nack(&self, receipt: &Receipt) {
@@ -145,6 +148,8 @@ impl Settler for Shared {
             return self.stats.count_stale(receipt, "nack");
         }
         SubscriptionStats::count(&self.stats.redeliveries);
+        // A rewind forgets the partition's work in flight, which may end a drain.
+        self.notify_if_drained(&table);
     }
 }
 
@@ -172,8 +177,8 @@ impl ConsumerContext for KafkaContext {
 /// poll thread and freed on the runtime's, where the frees queued on the allocator's lock for
 /// the poll thread's arena. A buffer holds about [`CopyBuffer::SIZE`] bytes of messages and is
 /// freed when the last message cut from it is dropped, so a handler that keeps one message
-/// keeps its neighbours' bytes too (at most one buffer's worth); a value too big to share
-/// gets its own allocation.
+/// keeps its neighbours' bytes too (the buffer it was cut from, or the two it straddles); a
+/// value too big to share gets its own allocation.
 #[derive(Default)]
 pub(super) struct CopyBuffer {
     buf: BytesMut,
@@ -335,7 +340,8 @@ pub(super) fn poll_loop(
 ///
 /// The message goes by value and is put in its `Arc` on the runtime's side, where it is also
 /// dropped: an allocation made on the poll thread and freed on another one waited on the
-/// allocator's lock for the poll thread's arena, which librdkafka keeps busy.
+/// allocator's lock for the poll thread's arena, which librdkafka keeps busy. (A header list,
+/// when a record has headers besides anybus's id, and the batch's `Vec` still cross.)
 pub(super) struct Fetched {
     message: Message,
     receipt: Receipt,

@@ -130,13 +130,18 @@ impl PartitionTable {
         );
     }
 
-    /// Stops handing out work of a partition that is being taken away.
-    pub(super) fn begin_revoke(&mut self, topic: &str, partition: i32) {
-        if let Some(owned) = self
+    /// Stops handing out work of a partition that is being taken away; `true` when it was
+    /// owned and not being taken away already.
+    pub(super) fn begin_revoke(&mut self, topic: &str, partition: i32) -> bool {
+        match self
             .find(topic, partition)
             .and_then(|slot| self.owned.get_mut(&slot))
         {
-            owned.revoking = true;
+            Some(owned) if !owned.revoking => {
+                owned.revoking = true;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -208,27 +213,23 @@ impl PartitionTable {
             .is_some_and(|o| o.generation == receipt.generation && o.seek.is_none())
     }
 
-    /// Whether the receipt's work may start: its generation is live and its partition is not
-    /// being revoked.
-    pub(super) fn may_start(&self, receipt: &Receipt) -> bool {
-        self.is_current(receipt)
-            && self
-                .owned
-                .get(&receipt.slot)
-                .is_some_and(|owned| !owned.revoking)
-    }
-
-    /// Records that a message of a revoking partition was given up before it started, so the
-    /// drain does not wait for it and the commit point stays below it. Changes nothing for a
-    /// stale receipt.
-    pub(super) fn skip(&mut self, receipt: &Receipt) {
-        if let Some(tracker) = self
-            .live(receipt)
-            .filter(|owned| owned.revoking)
-            .and_then(|owned| owned.tracker.as_mut())
-        {
+    /// Claims the start of the receipt's work: `true` when its generation is live and its
+    /// partition is not being revoked. A delivery of a revoking partition is given up instead:
+    /// the drain no longer waits for it, and the commit point stays below it.
+    pub(super) fn try_start(&mut self, receipt: &Receipt) -> bool {
+        if !self.is_current(receipt) {
+            return false;
+        }
+        let Some(owned) = self.owned.get_mut(&receipt.slot) else {
+            return false;
+        };
+        if !owned.revoking {
+            return true;
+        }
+        if let Some(tracker) = owned.tracker.as_mut() {
             tracker.abandon(receipt.offset);
         }
+        false
     }
 
     /// Records a finished message. `Err(())` when the receipt is stale.
@@ -381,16 +382,14 @@ mod tests {
         t.assign("t", 0);
         let r: Vec<Receipt> = (0..4).map(|o| t.track("t", 0, o).unwrap().0).collect();
         t.complete(&r[0]).unwrap();
-        assert!(t.may_start(&r[1]));
-        // Outside a revoke, skipping gives nothing up: r[1] stays in flight.
-        t.skip(&r[1]);
+        assert!(t.try_start(&r[1]), "started before the revoke");
         t.begin_revoke("t", 0);
-        assert!(!t.may_start(&r[2]), "no new work on a revoking partition");
-        assert!(t.is_current(&r[1]), "work running on it may still finish");
         assert_eq!(t.revoking_in_flight(), 3);
+        assert!(!t.try_start(&r[2]), "no new work on a revoking partition");
+        assert!(t.is_current(&r[1]), "work running on it may still finish");
+        assert_eq!(t.revoking_in_flight(), 2, "given up: no longer waited for");
         t.complete(&r[1]).unwrap();
-        t.skip(&r[2]);
-        t.skip(&r[3]);
+        assert!(!t.try_start(&r[3]));
         assert_eq!(
             t.revoking_in_flight(),
             0,
@@ -399,7 +398,7 @@ mod tests {
         assert_eq!(
             t.finish_revoke("t", 0),
             Some(2),
-            "the next owner starts at the first skipped"
+            "the next owner starts at the first given up"
         );
     }
 }

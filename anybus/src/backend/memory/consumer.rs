@@ -94,7 +94,9 @@ impl Member {
                         };
                         if slot.revoke_deadline.is_none() && slot.tracker.abandoned() > 0 {
                             // Kept after all, but what was given up meanwhile must be read
-                            // again: from the first unfinished message, under a new generation.
+                            // again: from the first unfinished message, under a new generation
+                            // (as after a nack; what still runs is handled again, as after a
+                            // rebalance on Kafka).
                             // (`group.rewind`, with the lock held here.)
                             a.generation[p] += 1;
                             slot.generation = a.generation[p];
@@ -209,21 +211,19 @@ impl Settler for Member {
         Self::live_slot(&mut self.lock(), receipt).is_some()
     }
 
-    fn may_start(&self, receipt: &Receipt) -> bool {
-        Self::live_slot(&mut self.lock(), receipt).is_some_and(|s| s.revoke_deadline.is_none())
-    }
-
-    fn skip(&self, receipt: &Receipt) {
+    fn try_start(&self, receipt: &Receipt) -> bool {
         let mut st = self.lock();
         let Some(slot) = Self::live_slot(&mut st, receipt) else {
-            return;
+            return false;
         };
-        if slot.revoke_deadline.is_some() {
-            slot.tracker.abandon(receipt.offset);
-            if slot.tracker.in_flight() == 0 {
-                self.notify.notify_waiters();
-            }
+        if slot.revoke_deadline.is_none() {
+            return true;
         }
+        slot.tracker.abandon(receipt.offset);
+        if slot.tracker.in_flight() == 0 {
+            self.notify.notify_waiters();
+        }
+        false
     }
 
     fn ack(&self, receipt: &Receipt) {

@@ -415,17 +415,20 @@ mod tests {
 
         let settler = one.settler();
         assert!(
-            settler.may_start(&of(&old, 0, 1)),
+            settler.try_start(&of(&old, 0, 1)),
             "a kept partition goes on"
         );
-        let (running, waiting) = (of(&old, 1, 0), of(&old, 1, 1));
-        assert!(!settler.may_start(&waiting), "nothing new starts on 1");
+        // Offset 0 of partition 1 runs: it started before the handover, and finishes now.
+        let running = of(&old, 1, 0);
         assert!(settler.is_current(&running), "what runs on 1 may finish");
-        // Offset 0 of partition 1 was running and finishes; the rest was not started.
         settler.ack(&running);
-        settler.skip(&waiting);
-        settler.skip(&of(&old, 3, 0));
-        settler.skip(&of(&old, 3, 1));
+        // What was not started is given up.
+        for (partition, offset) in [(1, 1), (3, 0), (3, 1)] {
+            assert!(
+                !settler.try_start(&of(&old, partition, offset)),
+                "nothing new starts on {partition}"
+            );
+        }
 
         // Nothing is in flight on 1 and 3 now, so the next poll hands them over.
         publish_one_per_partition(&backend);
@@ -465,7 +468,7 @@ mod tests {
         assert_eq!(places(&fresh), [(0, 2)], "1 is being handed over");
         let settler = one.settler();
         // Offset 0 of partition 1 still runs; offset 1 was given up.
-        settler.skip(&of(&old, 1, 1));
+        assert!(!settler.try_start(&of(&old, 1, 1)));
 
         // The second member leaves before the handover: partition 1 stays, and what was given
         // up is read again, from the first unfinished offset.
