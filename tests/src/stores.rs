@@ -30,7 +30,7 @@ pub async fn of_100_concurrent_reservations_of_one_key_exactly_one_is_fresh(
     let tasks: Vec<_> = (0..100)
         .map(|_| {
             let (store, group) = (Arc::clone(&store), group.clone());
-            tokio::spawn(async move { store.reserve(&group, key, LEASE).await })
+            tokio::spawn(async move { store.reserve(&group, key, "h", LEASE).await })
         })
         .collect();
     let mut found = HashMap::new();
@@ -55,7 +55,7 @@ pub async fn concurrent_reservations_of_many_keys_give_one_fresh_per_key(
             let (store, group) = (Arc::clone(&store), group.clone());
             tokio::spawn(async move {
                 let key = (i % KEYS).to_string();
-                let found = store.reserve(&group, &key, LEASE).await;
+                let found = store.reserve(&group, &key, "h", LEASE).await;
                 (key, found)
             })
         })
@@ -82,7 +82,10 @@ pub async fn concurrent_reservations_of_many_keys_give_one_fresh_per_key(
     }
     for key in 0..KEYS {
         assert_eq!(
-            store.reserve(&group, &key.to_string(), LEASE).await.ok(),
+            store
+                .reserve(&group, &key.to_string(), "h", LEASE)
+                .await
+                .ok(),
             Some(Reservation::Done),
             "key {key}"
         );
@@ -95,16 +98,19 @@ pub async fn an_expired_lease_lets_the_next_reserver_in(store: Arc<dyn DedupStor
     let lease = Duration::from_millis(200);
     let taken = Instant::now();
     assert_eq!(
-        store.reserve(&group, "k", lease).await.ok(),
+        store.reserve(&group, "k", "h", lease).await.ok(),
         Some(Reservation::Fresh)
     );
     assert_eq!(
-        store.reserve(&group, "k", lease).await.ok(),
+        store.reserve(&group, "k", "h", lease).await.ok(),
         Some(Reservation::InProgress)
     );
     // Ask until the server lets the lease go; it must not before the lease ran out.
     loop {
-        let found = store.reserve(&group, "k", lease).await.expect("reserve");
+        let found = store
+            .reserve(&group, "k", "h", lease)
+            .await
+            .expect("reserve");
         if found == Reservation::Fresh {
             break;
         }
@@ -124,24 +130,27 @@ pub async fn a_renewed_lease_lasts_until_renewals_stop(store: Arc<dyn DedupStore
     let group = MessageId::new().to_string();
     let lease = Duration::from_millis(300);
     assert_eq!(
-        store.reserve(&group, "k", lease).await.ok(),
+        store.reserve(&group, "k", "h", lease).await.ok(),
         Some(Reservation::Fresh)
     );
     let taken = Instant::now();
     // Renew again and again for three leases: the key stays held throughout.
     while taken.elapsed() < 3 * lease {
-        store.extend(&group, "k", lease).await.expect("extend");
+        store.extend(&group, "k", "h", lease).await.expect("extend");
         assert_eq!(
-            store.reserve(&group, "k", lease).await.ok(),
+            store.reserve(&group, "k", "h", lease).await.ok(),
             Some(Reservation::InProgress),
             "after {:?}",
             taken.elapsed()
         );
     }
     let last = Instant::now();
-    store.extend(&group, "k", lease).await.expect("extend");
+    store.extend(&group, "k", "h", lease).await.expect("extend");
     loop {
-        let found = store.reserve(&group, "k", lease).await.expect("reserve");
+        let found = store
+            .reserve(&group, "k", "h", lease)
+            .await
+            .expect("reserve");
         if found == Reservation::Fresh {
             break;
         }
@@ -154,15 +163,66 @@ pub async fn a_renewed_lease_lasts_until_renewals_stop(store: Arc<dyn DedupStore
         last.elapsed()
     );
     store.complete(&group, "k", TTL).await.expect("complete");
-    store.extend(&group, "k", lease).await.expect("extend");
-    store.extend(&group, "free", lease).await.expect("extend");
+    store.extend(&group, "k", "h", lease).await.expect("extend");
+    store
+        .extend(&group, "free", "h", lease)
+        .await
+        .expect("extend");
     assert_eq!(
-        store.reserve(&group, "k", lease).await.ok(),
+        store.reserve(&group, "k", "h", lease).await.ok(),
         Some(Reservation::Done)
     );
     assert_eq!(
-        store.reserve(&group, "free", lease).await.ok(),
+        store.reserve(&group, "free", "h", lease).await.ok(),
         Some(Reservation::Fresh)
+    );
+}
+
+/// A lease is its holder's alone: a holder whose lease ran out and was taken over (its member
+/// was cut off from the store for longer than the lease) can neither free nor renew the new
+/// holder's lease, and no other holder can.
+pub async fn a_lease_is_its_holders_alone(store: Arc<dyn DedupStore>) {
+    let group = MessageId::new().to_string();
+    let lease = Duration::from_millis(200);
+    assert_eq!(
+        store.reserve(&group, "k", "old", lease).await.ok(),
+        Some(Reservation::Fresh)
+    );
+    store.release(&group, "k", "other").await.expect("release");
+    assert_eq!(
+        store.reserve(&group, "k", "other", lease).await.ok(),
+        Some(Reservation::InProgress),
+        "another holder released the lease"
+    );
+    // The old holder's lease runs out, and a new holder takes the key.
+    let taken = Instant::now();
+    loop {
+        let found = store
+            .reserve(&group, "k", "new", Duration::from_secs(60))
+            .await
+            .expect("reserve");
+        if found == Reservation::Fresh {
+            break;
+        }
+        assert!(taken.elapsed() < PATIENCE, "the lease never ran out");
+        tokio::task::yield_now().await;
+    }
+    // Late, the old holder renews and releases: neither touches the new holder's lease.
+    store
+        .extend(&group, "k", "old", lease)
+        .await
+        .expect("extend");
+    store.release(&group, "k", "old").await.expect("release");
+    assert_eq!(
+        store.reserve(&group, "k", "third", lease).await.ok(),
+        Some(Reservation::InProgress),
+        "the old holder freed the new holder's lease"
+    );
+    store.release(&group, "k", "new").await.expect("release");
+    assert_eq!(
+        store.reserve(&group, "k", "third", lease).await.ok(),
+        Some(Reservation::Fresh),
+        "its holder's release frees it at once"
     );
 }
 
@@ -170,28 +230,28 @@ pub async fn a_renewed_lease_lasts_until_renewals_stop(store: Arc<dyn DedupStore
 pub async fn completion_release_and_groups(store: Arc<dyn DedupStore>) {
     let (a, b) = (MessageId::new().to_string(), MessageId::new().to_string());
     assert_eq!(
-        store.reserve(&a, "k", LEASE).await.ok(),
+        store.reserve(&a, "k", "h", LEASE).await.ok(),
         Some(Reservation::Fresh)
     );
-    store.release(&a, "k").await.expect("release");
+    store.release(&a, "k", "h").await.expect("release");
     assert_eq!(
-        store.reserve(&a, "k", LEASE).await.ok(),
+        store.reserve(&a, "k", "h", LEASE).await.ok(),
         Some(Reservation::Fresh),
         "a released lease is free at once"
     );
     store.complete(&a, "k", TTL).await.expect("complete");
     assert_eq!(
-        store.reserve(&a, "k", LEASE).await.ok(),
+        store.reserve(&a, "k", "h", LEASE).await.ok(),
         Some(Reservation::Done)
     );
-    store.release(&a, "k").await.expect("release");
+    store.release(&a, "k", "h").await.expect("release");
     assert_eq!(
-        store.reserve(&a, "k", LEASE).await.ok(),
+        store.reserve(&a, "k", "h", LEASE).await.ok(),
         Some(Reservation::Done),
         "a release does not undo a completion"
     );
     assert_eq!(
-        store.reserve(&b, "k", LEASE).await.ok(),
+        store.reserve(&b, "k", "h", LEASE).await.ok(),
         Some(Reservation::Fresh),
         "another group is not suppressed"
     );
@@ -202,13 +262,16 @@ pub async fn a_completion_is_forgotten_after_its_ttl(store: Arc<dyn DedupStore>)
     let group = MessageId::new().to_string();
     let ttl = Duration::from_millis(200);
     assert_eq!(
-        store.reserve(&group, "k", LEASE).await.ok(),
+        store.reserve(&group, "k", "h", LEASE).await.ok(),
         Some(Reservation::Fresh)
     );
     let done = Instant::now();
     store.complete(&group, "k", ttl).await.expect("complete");
     loop {
-        let found = store.reserve(&group, "k", LEASE).await.expect("reserve");
+        let found = store
+            .reserve(&group, "k", "h", LEASE)
+            .await
+            .expect("reserve");
         if found == Reservation::Fresh {
             break;
         }
@@ -327,6 +390,7 @@ macro_rules! store_suite {
             concurrent_reservations_of_many_keys_give_one_fresh_per_key,
             an_expired_lease_lets_the_next_reserver_in,
             a_renewed_lease_lasts_until_renewals_stop,
+            a_lease_is_its_holders_alone,
             completion_release_and_groups,
             a_completion_is_forgotten_after_its_ttl,
         );

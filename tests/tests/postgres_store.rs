@@ -479,7 +479,7 @@ async fn a_held_row_does_not_hold_up_the_rest_of_its_batch() {
     let group = MessageId::new().to_string();
     let lease = Duration::from_secs(30);
     assert_eq!(
-        store.reserve(&group, "held", lease).await.ok(),
+        store.reserve(&group, "held", "h", lease).await.ok(),
         Some(Reservation::Fresh)
     );
     let admin = admin().await;
@@ -493,7 +493,7 @@ async fn a_held_row_does_not_hold_up_the_rest_of_its_batch() {
     .expect("hold the row");
     let reserve = |key: String| {
         let (store, group) = (Arc::clone(&store), group.clone());
-        tokio::spawn(async move { (store.reserve(&group, &key, lease).await, key) })
+        tokio::spawn(async move { (store.reserve(&group, &key, "h", lease).await, key) })
     };
     let tasks: Vec<_> = std::iter::once("held".to_owned())
         .chain((0..20).map(|i| format!("k{i}")))
@@ -513,7 +513,7 @@ async fn a_held_row_does_not_hold_up_the_rest_of_its_batch() {
         assert_eq!(found.expect("reserve"), expected, "{key}");
     }
     // A renewal skips the held row (the holder's lock keeps others out) instead of failing.
-    tokio::time::timeout(PATIENCE, store.extend(&group, "held", lease))
+    tokio::time::timeout(PATIENCE, store.extend(&group, "held", "h", lease))
         .await
         .expect("a renewal waited for the held row")
         .expect("a renewal of a held row");
@@ -542,7 +542,7 @@ async fn odd_keys_are_stored_and_told_apart() {
         .cloned()
         .map(|key| {
             let (store, group) = (Arc::clone(&store), group.clone());
-            tokio::spawn(async move { store.reserve(&group, &key, lease).await })
+            tokio::spawn(async move { store.reserve(&group, &key, "h", lease).await })
         })
         .collect();
     for (task, key) in tasks.into_iter().zip(&keys) {
@@ -560,7 +560,12 @@ async fn odd_keys_are_stored_and_told_apart() {
     let states: Vec<Reservation> = {
         let mut states = Vec::new();
         for key in &keys {
-            states.push(store.reserve(&group, key, lease).await.expect("reserve"));
+            states.push(
+                store
+                    .reserve(&group, key, "h", lease)
+                    .await
+                    .expect("reserve"),
+            );
         }
         states
     };
@@ -569,4 +574,57 @@ async fn odd_keys_are_stored_and_told_apart() {
         states,
         [Done, InProgress, Done, InProgress, InProgress, InProgress]
     );
+}
+
+/// A table an earlier version created, without the holder of a lease, gains it when a member
+/// connects: what the table held still counts, and leases are their holders' alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_an_earlier_version_gains_lease_holders() {
+    let admin = admin().await;
+    let schema = format!("earlier_{}", MessageId::new().to_string().replace('-', "_"));
+    let ddl = |sql: String| sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin);
+    ddl(format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create the schema");
+    ddl(format!(
+        "CREATE TABLE {schema}.anybus_dedup (
+            consumer_group text NOT NULL,
+            dedup_key text NOT NULL,
+            done boolean NOT NULL,
+            expires_at timestamptz NOT NULL,
+            PRIMARY KEY (consumer_group, dedup_key))"
+    ))
+    .await
+    .expect("the earlier table");
+    ddl(format!(
+        "INSERT INTO {schema}.anybus_dedup VALUES ('g', 'handled', true, now() + interval '1 hour')"
+    ))
+    .await
+    .expect("a key handled before");
+    let url = format!("{}?options=-c%20search_path%3D{schema}", url());
+    let store = anybus_conformance::stores::open(&url, "postgres").await;
+    let lease = Duration::from_secs(30);
+    assert_eq!(
+        store.reserve("g", "handled", "a", lease).await.ok(),
+        Some(Reservation::Done)
+    );
+    assert_eq!(
+        store.reserve("g", "k", "a", lease).await.ok(),
+        Some(Reservation::Fresh)
+    );
+    store.release("g", "k", "b").await.expect("release");
+    assert_eq!(
+        store.reserve("g", "k", "b", lease).await.ok(),
+        Some(Reservation::InProgress),
+        "another holder released the lease"
+    );
+    store.release("g", "k", "a").await.expect("release");
+    assert_eq!(
+        store.reserve("g", "k", "b", lease).await.ok(),
+        Some(Reservation::Fresh)
+    );
+    drop(store);
+    ddl(format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("drop the schema");
 }

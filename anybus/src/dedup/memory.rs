@@ -27,6 +27,8 @@ enum State {
 #[derive(Debug)]
 struct Entry {
     state: State,
+    /// Who holds a lease (empty once done).
+    holder: String,
     expires: Instant,
     /// Which write of the queue this entry is: older queue items of the key are stale.
     seq: u64,
@@ -75,7 +77,7 @@ impl MemoryDedupStore {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn reserve_now(&self, key: String, lease: Duration) -> Reservation {
+    fn reserve_now(&self, key: String, holder: &str, lease: Duration) -> Reservation {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.expire(now);
@@ -87,7 +89,7 @@ impl MemoryDedupStore {
                 };
             }
         }
-        inner.write(key, State::Leased, now + lease);
+        inner.write(key, State::Leased, holder, now + lease);
         inner.bound(self.max_entries, now);
         Reservation::Fresh
     }
@@ -95,29 +97,29 @@ impl MemoryDedupStore {
     fn complete_now(&self, key: String, ttl: Duration) {
         let now = Instant::now();
         let mut inner = self.lock();
-        inner.write(key, State::Done, now + ttl);
+        inner.write(key, State::Done, "", now + ttl);
         inner.bound(self.max_entries, now);
     }
 
-    fn extend_now(&self, key: String, lease: Duration) {
+    fn extend_now(&self, key: String, holder: &str, lease: Duration) {
         let now = Instant::now();
         let mut inner = self.lock();
         if inner
             .entries
             .get(&key)
-            .is_some_and(|e| e.state == State::Leased && e.expires > now)
+            .is_some_and(|e| e.state == State::Leased && e.holder == holder && e.expires > now)
         {
-            inner.write(key, State::Leased, now + lease);
+            inner.write(key, State::Leased, holder, now + lease);
             inner.bound(self.max_entries, now);
         }
     }
 
-    fn release_now(&self, key: &str) {
+    fn release_now(&self, key: &str, holder: &str) {
         let mut inner = self.lock();
         if inner
             .entries
             .get(key)
-            .is_some_and(|e| e.state == State::Leased)
+            .is_some_and(|e| e.state == State::Leased && e.holder == holder)
         {
             inner.entries.remove(key);
         }
@@ -125,7 +127,7 @@ impl MemoryDedupStore {
 }
 
 impl Inner {
-    fn write(&mut self, key: String, state: State, expires: Instant) {
+    fn write(&mut self, key: String, state: State, holder: &str, expires: Instant) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.written.push_back((seq, key.clone()));
@@ -133,6 +135,7 @@ impl Inner {
             key,
             Entry {
                 state,
+                holder: holder.to_owned(),
                 expires,
                 seq,
             },
@@ -203,9 +206,10 @@ impl DedupStore for MemoryDedupStore {
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Reservation, DedupError>> {
-        let found = self.reserve_now(scoped(group, key), lease);
+        let found = self.reserve_now(scoped(group, key), holder, lease);
         Box::pin(std::future::ready(Ok(found)))
     }
 
@@ -223,8 +227,9 @@ impl DedupStore for MemoryDedupStore {
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
     ) -> BoxFuture<'a, Result<(), DedupError>> {
-        self.release_now(&scoped(group, key));
+        self.release_now(&scoped(group, key), holder);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -232,9 +237,10 @@ impl DedupStore for MemoryDedupStore {
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<(), DedupError>> {
-        self.extend_now(scoped(group, key), lease);
+        self.extend_now(scoped(group, key), holder, lease);
         Box::pin(std::future::ready(Ok(())))
     }
 }
@@ -252,31 +258,31 @@ mod tests {
     async fn a_renewed_lease_lasts_until_renewals_stop() {
         let store = MemoryDedupStore::default();
         assert_eq!(
-            store.reserve("g", "k", LEASE).await.ok(),
+            store.reserve("g", "k", "h", LEASE).await.ok(),
             Some(Reservation::Fresh)
         );
         tokio::time::advance(Duration::from_secs(20)).await;
-        store.extend("g", "k", LEASE).await.expect("extend");
+        store.extend("g", "k", "h", LEASE).await.expect("extend");
         tokio::time::advance(Duration::from_secs(20)).await;
         assert_eq!(
-            store.reserve("g", "k", LEASE).await.ok(),
+            store.reserve("g", "k", "h", LEASE).await.ok(),
             Some(Reservation::InProgress),
             "renewed at 20 s, so held at 40 s"
         );
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(
-            store.reserve("g", "k", LEASE).await.ok(),
+            store.reserve("g", "k", "h", LEASE).await.ok(),
             Some(Reservation::Fresh)
         );
         store.complete("g", "k", TTL).await.expect("complete");
-        store.extend("g", "k", LEASE).await.expect("extend");
-        store.extend("g", "free", LEASE).await.expect("extend");
+        store.extend("g", "k", "h", LEASE).await.expect("extend");
+        store.extend("g", "free", "h", LEASE).await.expect("extend");
         assert_eq!(
-            store.reserve("g", "k", LEASE).await.ok(),
+            store.reserve("g", "k", "h", LEASE).await.ok(),
             Some(Reservation::Done)
         );
         assert_eq!(
-            store.reserve("g", "free", LEASE).await.ok(),
+            store.reserve("g", "free", "h", LEASE).await.ok(),
             Some(Reservation::Fresh)
         );
     }
@@ -287,7 +293,7 @@ mod tests {
         let tasks: Vec<_> = (0..100)
             .map(|_| {
                 let store = Arc::clone(&store);
-                tokio::spawn(async move { store.reserve("g", "k", LEASE).await })
+                tokio::spawn(async move { store.reserve("g", "k", "h", LEASE).await })
             })
             .collect();
         let mut fresh = 0;
@@ -306,43 +312,71 @@ mod tests {
         let store = MemoryDedupStore::default();
         let lease = Duration::from_millis(100);
         assert_eq!(
-            store.reserve("g", "k", lease).await.ok(),
+            store.reserve("g", "k", "h", lease).await.ok(),
             Some(Reservation::Fresh)
         );
         assert_eq!(
-            store.reserve("g", "k", lease).await.ok(),
+            store.reserve("g", "k", "h", lease).await.ok(),
             Some(Reservation::InProgress)
         );
         tokio::time::advance(lease).await;
         assert_eq!(
-            store.reserve("g", "k", lease).await.ok(),
+            store.reserve("g", "k", "h", lease).await.ok(),
             Some(Reservation::Fresh)
         );
-        store.release("g", "k").await.expect("release");
+        store.release("g", "k", "h").await.expect("release");
         assert_eq!(
-            store.reserve("g", "k", lease).await.ok(),
+            store.reserve("g", "k", "h", lease).await.ok(),
             Some(Reservation::Fresh)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_taken_over_is_not_the_old_holders_to_renew_or_release() {
+        let store = MemoryDedupStore::default();
+        let lease = Duration::from_millis(100);
+        store
+            .reserve("g", "k", "old", lease)
+            .await
+            .expect("reserve");
+        tokio::time::advance(lease).await;
+        assert_eq!(
+            store.reserve("g", "k", "new", lease).await.ok(),
+            Some(Reservation::Fresh)
+        );
+        store.extend("g", "k", "old", LEASE).await.expect("extend");
+        store.release("g", "k", "old").await.expect("release");
+        assert_eq!(
+            store.reserve("g", "k", "third", lease).await.ok(),
+            Some(Reservation::InProgress),
+            "the old holder freed it"
+        );
+        tokio::time::advance(lease).await;
+        assert_eq!(
+            store.reserve("g", "k", "third", lease).await.ok(),
+            Some(Reservation::Fresh),
+            "the old holder's renewal kept it"
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_completed_key_is_done_until_its_ttl_runs_out() {
         let store = MemoryDedupStore::default();
-        store.reserve("g", "k", LEASE).await.expect("reserve");
+        store.reserve("g", "k", "h", LEASE).await.expect("reserve");
         store.complete("g", "k", TTL).await.expect("complete");
         assert_eq!(
-            store.reserve("g", "k", LEASE).await.ok(),
+            store.reserve("g", "k", "h", LEASE).await.ok(),
             Some(Reservation::Done)
         );
-        store.release("g", "k").await.expect("release");
+        store.release("g", "k", "h").await.expect("release");
         assert_eq!(
-            store.reserve("g", "k", LEASE).await.ok(),
+            store.reserve("g", "k", "h", LEASE).await.ok(),
             Some(Reservation::Done),
             "releasing does not undo a completion"
         );
         tokio::time::advance(TTL).await;
         assert_eq!(
-            store.reserve("g", "k", LEASE).await.ok(),
+            store.reserve("g", "k", "h", LEASE).await.ok(),
             Some(Reservation::Fresh)
         );
     }
@@ -350,10 +384,10 @@ mod tests {
     #[tokio::test]
     async fn groups_do_not_suppress_each_other() {
         let store = MemoryDedupStore::default();
-        store.reserve("a", "k", LEASE).await.expect("reserve");
+        store.reserve("a", "k", "h", LEASE).await.expect("reserve");
         store.complete("a", "k", TTL).await.expect("complete");
         assert_eq!(
-            store.reserve("b", "k", LEASE).await.ok(),
+            store.reserve("b", "k", "h", LEASE).await.ok(),
             Some(Reservation::Fresh)
         );
     }
@@ -362,11 +396,17 @@ mod tests {
     async fn a_key_reserved_over_and_over_does_not_grow_the_store() {
         let store = MemoryDedupStore::default();
         // A done key at the front of the queue, kept for its TTL.
-        store.reserve("g", "done", LEASE).await.expect("reserve");
+        store
+            .reserve("g", "done", "h", LEASE)
+            .await
+            .expect("reserve");
         store.complete("g", "done", TTL).await.expect("complete");
         for _ in 0..100_000 {
-            store.reserve("g", "flaky", LEASE).await.expect("reserve");
-            store.release("g", "flaky").await.expect("release");
+            store
+                .reserve("g", "flaky", "h", LEASE)
+                .await
+                .expect("reserve");
+            store.release("g", "flaky", "h").await.expect("release");
         }
         let queued = store.lock().written.len();
         assert!(queued <= 2 * store.len() + 1025, "{queued} queue items");
@@ -378,7 +418,7 @@ mod tests {
         let store = MemoryDedupStore::new(MAX);
         for i in 0..1_000_000u32 {
             let key = i.to_string();
-            store.reserve("g", &key, LEASE).await.expect("reserve");
+            store.reserve("g", &key, "h", LEASE).await.expect("reserve");
             store.complete("g", &key, TTL).await.expect("complete");
         }
         assert!(store.len() <= MAX, "{} keys held", store.len());
@@ -386,7 +426,7 @@ mod tests {
         assert!(queued <= 3 * MAX, "{queued} queue items");
         // The newest keys are the ones kept.
         assert_eq!(
-            store.reserve("g", "999999", LEASE).await.ok(),
+            store.reserve("g", "999999", "h", LEASE).await.ok(),
             Some(Reservation::Done)
         );
     }

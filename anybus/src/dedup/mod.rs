@@ -84,13 +84,19 @@ impl DedupError {
 ///
 /// Every operation is scoped by `group`. Implementations make each transition atomic: of many
 /// concurrent `reserve` calls on one free key exactly one gets [`Reservation::Fresh`].
+///
+/// A lease belongs to the `holder` that took it, a token the pipeline makes for each
+/// delivery: only that holder renews or releases it. A holder whose lease ran out (its member
+/// was cut off from the store for longer than the lease) and was taken over by another
+/// delivery therefore cannot free or prolong the new holder's lease.
 pub trait DedupStore: Send + Sync + fmt::Debug + 'static {
-    /// Takes a lease on `key` for `lease`, unless the key is done or leased by someone else.
-    /// An expired lease is taken over.
+    /// Takes a lease on `key` for `lease`, for `holder`, unless the key is done or leased by
+    /// someone else. An expired lease is taken over.
     fn reserve<'a>(
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Reservation, DedupError>>;
 
@@ -102,22 +108,29 @@ pub trait DedupStore: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), DedupError>>;
 
-    /// Gives up a lease on `key`, so that the next delivery may take it at once.
-    fn release<'a>(&'a self, group: &'a str, key: &'a str)
-        -> BoxFuture<'a, Result<(), DedupError>>;
+    /// Gives up `holder`'s lease on `key`, so that the next delivery may take it at once. A
+    /// key that is done, or leased by another holder, is left alone.
+    fn release<'a>(
+        &'a self,
+        group: &'a str,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), DedupError>>;
 
-    /// Renews a live lease on `key` for another `lease`; a key that is done, or whose lease
-    /// ran out, is left alone. The pipeline renews the lease of a delivery while its handler
-    /// (and its in-process retries) run, so a member that is alive keeps its key however long
-    /// the handler takes, and only a member that died lets it go after `lease`. The default
-    /// renews nothing: a store without it lets a lease run out under a slow handler.
+    /// Renews `holder`'s live lease on `key` for another `lease`; a key that is done, leased
+    /// by another holder, or whose lease ran out, is left alone. The pipeline renews the lease
+    /// of a delivery while its handler (and its in-process retries) run, so a member that is
+    /// alive keeps its key however long the handler takes, and only a member that died lets
+    /// it go after `lease`. The default renews nothing: a store without it lets a lease run
+    /// out under a slow handler.
     fn extend<'a>(
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<(), DedupError>> {
-        let _ = (group, key, lease);
+        let _ = (group, key, holder, lease);
         Box::pin(std::future::ready(Ok(())))
     }
 

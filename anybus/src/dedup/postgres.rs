@@ -5,7 +5,8 @@
 //!
 //! The store keeps one row per key in the table `anybus_dedup`, which it creates when it
 //! connects: `(consumer_group, dedup_key)` is the primary key, `done` says whether the key was
-//! handled, and `expires_at` (the database's clock) ends a lease or, for a done key, the TTL.
+//! handled, `holder` who holds a lease, and `expires_at` (the database's clock) ends a lease or,
+//! for a done key, the TTL.
 //! `reserve` is one `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at <= now`, so taking a free
 //! or expired key is atomic and of many concurrent reservers exactly one wins. Expired rows are
 //! deleted by the store in the background, every minute.
@@ -52,23 +53,30 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS anybus_dedup (
     dedup_key text NOT NULL,
     done boolean NOT NULL,
     expires_at timestamptz NOT NULL,
+    holder text,
     PRIMARY KEY (consumer_group, dedup_key)
 )";
+/// Whether the table has the holder column: a table an earlier version created lacks it.
+/// Asked first because `ALTER TABLE` locks the whole table even when it has nothing to do,
+/// which would stall every member's statements behind any open inbox transaction.
+const HAS_HOLDER: &str = "SELECT EXISTS (SELECT 1 FROM pg_attribute
+    WHERE attrelid = to_regclass('anybus_dedup') AND attname = 'holder' AND NOT attisdropped)";
+const ADD_HOLDER: &str = "ALTER TABLE anybus_dedup ADD COLUMN IF NOT EXISTS holder text";
 
-/// Takes each `(group, key, lease)` of the arrays that is free or expired. For each input row
+/// Takes each `(group, key, lease, holder)` of the arrays that is free or expired. For each input row
 /// (by its position, from 1): 0 when this statement took it, else 2 for done and 1 for leased.
 /// A key that another reserver inserted or took after this statement's snapshot shows neither
 /// as taken nor as a live row: it comes out as leased, which it is. Rows are inserted in key order, so two
 /// batches never wait on each other's rows in a cycle.
 const RESERVE: &str = "WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::float8[])
-        WITH ORDINALITY AS i(grp, key, lease, n)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[])
+        WITH ORDINALITY AS i(grp, key, lease, holder, n)
 ), taken AS (
-    INSERT INTO anybus_dedup AS d (consumer_group, dedup_key, done, expires_at)
-    SELECT grp, key, false, clock_timestamp() + make_interval(secs => lease)
+    INSERT INTO anybus_dedup AS d (consumer_group, dedup_key, done, expires_at, holder)
+    SELECT grp, key, false, clock_timestamp() + make_interval(secs => lease), holder
         FROM input ORDER BY grp, key
     ON CONFLICT (consumer_group, dedup_key) DO UPDATE
-        SET done = false, expires_at = EXCLUDED.expires_at
+        SET done = false, expires_at = EXCLUDED.expires_at, holder = EXCLUDED.holder
         WHERE d.expires_at <= clock_timestamp()
     RETURNING consumer_group, dedup_key
 )
@@ -86,7 +94,7 @@ const COMPLETE: &str = "INSERT INTO anybus_dedup (consumer_group, dedup_key, don
         FROM unnest($1::text[], $2::text[], $3::float8[]) AS i(grp, key, ttl)
         ORDER BY grp, key
     ON CONFLICT (consumer_group, dedup_key) DO UPDATE
-        SET done = true, expires_at = EXCLUDED.expires_at";
+        SET done = true, expires_at = EXCLUDED.expires_at, holder = NULL";
 
 /// Marks a key done inside the handler's transaction (also when its lease row was swept while
 /// the handler ran long). It locks the row until that transaction ends, and affects nothing if
@@ -94,23 +102,25 @@ const COMPLETE: &str = "INSERT INTO anybus_dedup (consumer_group, dedup_key, don
 const MARK: &str = "INSERT INTO anybus_dedup AS d (consumer_group, dedup_key, done, expires_at)
     VALUES ($1, $2, true, clock_timestamp() + make_interval(secs => $3))
     ON CONFLICT (consumer_group, dedup_key) DO UPDATE
-        SET done = true, expires_at = EXCLUDED.expires_at
+        SET done = true, expires_at = EXCLUDED.expires_at, holder = NULL
         WHERE NOT d.done";
 
-/// Renews a key's lease while it is a live lease. A row that a transaction holds is skipped,
+/// Renews a key's lease while it is holder `$4`'s live lease. A row that a transaction holds is
+/// skipped,
 /// not waited for: that is the handler's own inbox transaction, whose lock already keeps every
 /// other reserver out until it ends.
 const EXTEND: &str = "UPDATE anybus_dedup
     SET expires_at = clock_timestamp() + make_interval(secs => $3)
     WHERE (consumer_group, dedup_key) IN (
         SELECT consumer_group, dedup_key FROM anybus_dedup
-        WHERE consumer_group = $1 AND dedup_key = $2 AND NOT done
+        WHERE consumer_group = $1 AND dedup_key = $2 AND NOT done AND holder = $4
             AND expires_at > clock_timestamp()
         FOR UPDATE SKIP LOCKED)";
 
-/// Deletes a key only while it is a lease: a completion is never undone.
-const RELEASE: &str =
-    "DELETE FROM anybus_dedup WHERE consumer_group = $1 AND dedup_key = $2 AND NOT done";
+/// Deletes a key only while it is holder `$3`'s lease: a completion is never undone, and another
+/// holder's lease never freed.
+const RELEASE: &str = "DELETE FROM anybus_dedup
+    WHERE consumer_group = $1 AND dedup_key = $2 AND NOT done AND holder = $3";
 
 /// Deletes up to `$1` expired rows, in key order like the batches and skipping rows that
 /// someone holds, so that it never waits on (or deadlocks with) the store's own statements.
@@ -158,6 +168,10 @@ impl PostgresDedupStore {
             let mut tx = pool.begin().await?;
             sqlx::query(LOCK).execute(&mut *tx).await?;
             sqlx::query(CREATE).execute(&mut *tx).await?;
+            let has_holder: bool = sqlx::query_scalar(HAS_HOLDER).fetch_one(&mut *tx).await?;
+            if !has_holder {
+                sqlx::query(ADD_HOLDER).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             let batch_pool = PgPoolOptions::new()
                 .max_connections(2 * BATCHERS as u32)
@@ -263,6 +277,8 @@ async fn sweep(store: Weak<PostgresDedupStore>) {
 struct Op<T> {
     group: String,
     key: String,
+    /// Who takes the lease (empty for a completion).
+    holder: String,
     /// The lease or the TTL.
     time: Duration,
     answer: tokio::sync::oneshot::Sender<Result<T, DedupError>>,
@@ -290,43 +306,68 @@ async fn batches<T, F>(
     }
 }
 
+/// The columns of a batch statement: one entry per distinct key.
+#[derive(Default)]
+struct Rows {
+    groups: Vec<String>,
+    keys: Vec<String>,
+    times: Vec<f64>,
+    holders: Vec<String>,
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The `i`-th row alone.
+    fn one(&self, i: usize) -> Rows {
+        Rows {
+            groups: self.groups[i..=i].to_vec(),
+            keys: self.keys[i..=i].to_vec(),
+            times: self.times[i..=i].to_vec(),
+            holders: self.holders[i..=i].to_vec(),
+        }
+    }
+}
+
 /// The operations of `batch` with their first occurrence only: one statement may not touch a
 /// row twice. `repeats[i]` is the index in the result of the i-th operation.
-fn distinct<T>(batch: &[Op<T>]) -> (Vec<String>, Vec<String>, Vec<f64>, Vec<usize>) {
+fn distinct<T>(batch: &[Op<T>]) -> (Rows, Vec<usize>) {
     let mut first: std::collections::HashMap<(&str, &str), usize> =
         std::collections::HashMap::with_capacity(batch.len());
-    let (mut groups, mut keys, mut times) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rows = Rows::default();
     let repeats = batch
         .iter()
         .map(|op| {
             *first.entry((&op.group, &op.key)).or_insert_with(|| {
-                groups.push(op.group.clone());
-                keys.push(op.key.clone());
-                times.push(seconds(op.time));
-                groups.len() - 1
+                rows.groups.push(op.group.clone());
+                rows.keys.push(op.key.clone());
+                rows.times.push(seconds(op.time));
+                rows.holders.push(op.holder.clone());
+                rows.len() - 1
             })
         })
         .collect();
-    (groups, keys, times, repeats)
+    (rows, repeats)
 }
 
 /// Runs the reservation statement for the given keys; one state per key, in order.
 async fn reserve_rows(
     store: &PostgresDedupStore,
-    groups: &[String],
-    keys: &[String],
-    leases: &[f64],
+    rows: &Rows,
 ) -> Result<Vec<Reservation>, sqlx::Error> {
-    let rows = sqlx::query(RESERVE)
-        .bind(groups)
-        .bind(keys)
-        .bind(leases)
+    let returned = sqlx::query(RESERVE)
+        .bind(&rows.groups)
+        .bind(&rows.keys)
+        .bind(&rows.times)
+        .bind(&rows.holders)
         .fetch_all(&store.batch_pool)
         .await?;
     // A row the statement did not return (none should be missing) stays in progress: the
     // delivery comes again rather than run unguarded.
-    let mut found = vec![Reservation::InProgress; groups.len()];
-    for row in rows {
+    let mut found = vec![Reservation::InProgress; rows.len()];
+    for row in returned {
         let (n, state): (i64, i32) = (row.try_get(0)?, row.try_get(1)?);
         if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {
             *slot = match state {
@@ -348,24 +389,21 @@ fn lock_held(e: &sqlx::Error) -> bool {
 }
 
 async fn reserve_batch(store: Arc<PostgresDedupStore>, batch: Vec<Op<Reservation>>) {
-    let (groups, keys, leases, at) = distinct(&batch);
-    let found: Vec<Result<Reservation, DedupError>> =
-        match reserve_rows(&store, &groups, &keys, &leases).await {
-            Ok(found) => found.into_iter().map(Ok).collect(),
-            // One key the batch could not take (a held row, a value PostgreSQL refuses) must
-            // not fail the others: the batch goes again one key at a time.
-            Err(e) if groups.len() == 1 => vec![one_reservation(&store, Err(e))],
-            Err(_) => {
-                let mut found = Vec::with_capacity(groups.len());
-                for i in 0..groups.len() {
-                    let one = reserve_rows(&store, &groups[i..=i], &keys[i..=i], &leases[i..=i])
-                        .await
-                        .map(|v| v[0]);
-                    found.push(one_reservation(&store, one));
-                }
-                found
+    let (rows, at) = distinct(&batch);
+    let found: Vec<Result<Reservation, DedupError>> = match reserve_rows(&store, &rows).await {
+        Ok(found) => found.into_iter().map(Ok).collect(),
+        // One key the batch could not take (a held row, a value PostgreSQL refuses) must not
+        // fail the others: the batch goes again one key at a time.
+        Err(e) if rows.len() == 1 => vec![one_reservation(&store, Err(e))],
+        Err(_) => {
+            let mut found = Vec::with_capacity(rows.len());
+            for i in 0..rows.len() {
+                let one = reserve_rows(&store, &rows.one(i)).await.map(|v| v[0]);
+                found.push(one_reservation(&store, one));
             }
-        };
+            found
+        }
+    };
     let mut answered = vec![false; batch.len()];
     for (op, i) in batch.into_iter().zip(at) {
         let answer = match &found[i] {
@@ -391,31 +429,25 @@ fn one_reservation(
     }
 }
 
-async fn complete_rows(
-    store: &PostgresDedupStore,
-    groups: &[String],
-    keys: &[String],
-    ttls: &[f64],
-) -> Result<(), sqlx::Error> {
+async fn complete_rows(store: &PostgresDedupStore, rows: &Rows) -> Result<(), sqlx::Error> {
     sqlx::query(COMPLETE)
-        .bind(groups)
-        .bind(keys)
-        .bind(ttls)
+        .bind(&rows.groups)
+        .bind(&rows.keys)
+        .bind(&rows.times)
         .execute(&store.batch_pool)
         .await
         .map(drop)
 }
 
 async fn complete_batch(store: Arc<PostgresDedupStore>, batch: Vec<Op<()>>) {
-    let (groups, keys, ttls, at) = distinct(&batch);
-    let done: Vec<Result<(), DedupError>> = match complete_rows(&store, &groups, &keys, &ttls).await
-    {
-        Ok(()) => vec![Ok(()); groups.len()],
-        Err(e) if groups.len() == 1 => vec![Err(store.failed(&e))],
+    let (rows, at) = distinct(&batch);
+    let done: Vec<Result<(), DedupError>> = match complete_rows(&store, &rows).await {
+        Ok(()) => vec![Ok(()); rows.len()],
+        Err(e) if rows.len() == 1 => vec![Err(store.failed(&e))],
         Err(_) => {
-            let mut done = Vec::with_capacity(groups.len());
-            for i in 0..groups.len() {
-                let one = complete_rows(&store, &groups[i..=i], &keys[i..=i], &ttls[i..=i])
+            let mut done = Vec::with_capacity(rows.len());
+            for i in 0..rows.len() {
+                let one = complete_rows(&store, &rows.one(i))
                     .await
                     .map_err(|e| store.failed(&e));
                 done.push(one);
@@ -450,12 +482,14 @@ impl PostgresDedupStore {
         to: &async_channel::Sender<Op<T>>,
         group: &str,
         key: &str,
+        holder: &str,
         time: Duration,
     ) -> Result<T, DedupError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let op = Op {
             group: group.to_owned(),
             key: stored_key(key).into_owned(),
+            holder: holder.to_owned(),
             time,
             answer,
         };
@@ -474,9 +508,10 @@ impl DedupStore for PostgresDedupStore {
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Reservation, DedupError>> {
-        Box::pin(self.queued(&self.reserves, group, key, lease))
+        Box::pin(self.queued(&self.reserves, group, key, holder, lease))
     }
 
     fn complete<'a>(
@@ -485,18 +520,20 @@ impl DedupStore for PostgresDedupStore {
         key: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), DedupError>> {
-        Box::pin(self.queued(&self.completes, group, key, ttl))
+        Box::pin(self.queued(&self.completes, group, key, "", ttl))
     }
 
     fn release<'a>(
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
     ) -> BoxFuture<'a, Result<(), DedupError>> {
         Box::pin(async move {
             sqlx::query(RELEASE)
                 .bind(group)
                 .bind(stored_key(key))
+                .bind(holder)
                 .execute(&self.pool)
                 .await
                 .map(drop)
@@ -508,6 +545,7 @@ impl DedupStore for PostgresDedupStore {
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<(), DedupError>> {
         Box::pin(async move {
@@ -515,6 +553,7 @@ impl DedupStore for PostgresDedupStore {
                 .bind(group)
                 .bind(stored_key(key))
                 .bind(seconds(lease))
+                .bind(holder)
                 .execute(&self.batch_pool)
                 .await
                 .map(drop)

@@ -1,8 +1,8 @@
 //! The Redis dedup store (feature `redis`, `redis://[user:password@]host:port[/db]`), shared by
 //! every member of a group.
 //!
-//! A key is the Redis string `anybus:dedup:{group length}:{group}:{key}`: `lease` while a
-//! delivery holds it (expiring with the lease, `PX`), `done` once handled (expiring with the
+//! A key is the Redis string `anybus:dedup:{group length}:{group}:{key}`: `lease:{holder}` while
+//! a delivery holds it (expiring with the lease, `PX`), `done` once handled (expiring with the
 //! TTL). `reserve`, `release` and `extend` are Lua scripts, so each transition is one atomic step
 //! on the server; `complete` is a plain `SET … PX`. The connection manager reconnects by itself;
 //! a command that fails is a [`DedupError`], which the pipeline turns into a transient failure.
@@ -18,24 +18,28 @@ use crate::handler::BoxFuture;
 /// How long opening the store may take before the app fails to start.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Takes a lease unless the key is done or leased: 0 fresh, 1 in progress, 2 done.
+/// Takes a lease (`ARGV[1]` ms, for holder `ARGV[2]`) unless the key is done or leased: 0
+/// fresh, 1 in progress, 2 done.
 const RESERVE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v == 'done' then return 2 end
 if v then return 1 end
-redis.call('SET', KEYS[1], 'lease', 'PX', ARGV[1])
+redis.call('SET', KEYS[1], 'lease:' .. ARGV[2], 'PX', ARGV[1])
 return 0
 ";
 
-/// Deletes a key only while it is a lease: a completion is never undone.
+/// Deletes a key only while it is holder `ARGV[1]`'s lease: a completion is never undone, and
+/// another holder's lease never freed.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == 'lease' then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == 'lease:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 ";
 
-/// Renews a key's expiry only while it is a lease.
+/// Renews a key's expiry (`ARGV[1]` ms) only while it is holder `ARGV[2]`'s lease.
 const EXTEND: &str = r"
-if redis.call('GET', KEYS[1]) == 'lease' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if redis.call('GET', KEYS[1]) == 'lease:' .. ARGV[2] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
 return 0
 ";
 
@@ -111,6 +115,7 @@ impl DedupStore for RedisDedupStore {
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Reservation, DedupError>> {
         Box::pin(async move {
@@ -119,6 +124,7 @@ impl DedupStore for RedisDedupStore {
                 .reserve
                 .key(redis_key(group, key))
                 .arg(millis(lease))
+                .arg(holder)
                 .invoke_async(&mut connection)
                 .await
                 .map_err(|e| self.failed(&e))?;
@@ -153,11 +159,13 @@ impl DedupStore for RedisDedupStore {
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
     ) -> BoxFuture<'a, Result<(), DedupError>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
             self.release
                 .key(redis_key(group, key))
+                .arg(holder)
                 .invoke_async::<i64>(&mut connection)
                 .await
                 .map(drop)
@@ -169,6 +177,7 @@ impl DedupStore for RedisDedupStore {
         &'a self,
         group: &'a str,
         key: &'a str,
+        holder: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<(), DedupError>> {
         Box::pin(async move {
@@ -176,6 +185,7 @@ impl DedupStore for RedisDedupStore {
             self.extend
                 .key(redis_key(group, key))
                 .arg(millis(lease))
+                .arg(holder)
                 .invoke_async::<i64>(&mut connection)
                 .await
                 .map(drop)

@@ -97,8 +97,8 @@ impl Worker {
             .unwrap_or(1);
         let mut delays = None;
         let mut first_failure = redeliver::first_failure(&message);
-        let (key, unkeyed) = match self.gate(&message, &receipt).instrument(span.clone()).await {
-            Gate::Run(key) => (key, None),
+        let (held, unkeyed) = match self.gate(&message, &receipt).instrument(span.clone()).await {
+            Gate::Run(held) => (held, None),
             Gate::Settled => return,
             Gate::NoKey(error) => (None, Some(error)),
         };
@@ -109,7 +109,7 @@ impl Worker {
             Outcome::Failed(error)
         } else {
             loop {
-                let ticket = self.ticket(key.as_deref());
+                let ticket = self.ticket(held.as_ref());
                 let ctx = Context::new(
                     Arc::clone(&message),
                     Arc::clone(&self.group),
@@ -119,7 +119,7 @@ impl Worker {
                     ticket.clone(),
                 );
                 let outcome = self
-                    .holding(key.as_deref(), unwound(|| call(ctx)))
+                    .holding(held.as_ref(), unwound(|| call(ctx)))
                     .instrument(span.clone())
                     .await;
                 let (outcome, end) = inbox_outcome(outcome, ticket.as_deref());
@@ -148,22 +148,22 @@ impl Worker {
             });
                 SubscriptionStats::count(&self.stats.retries);
                 // The key stays held while the retry waits.
-                self.holding(key.as_deref(), tokio::time::sleep(wait)).await;
+                self.holding(held.as_ref(), tokio::time::sleep(wait)).await;
                 if !self.may_start(&receipt) {
                     // The partition moved on, or is being handed over, while this waited: its
                     // (next) owner gets the message.
-                    self.release(key.as_deref()).await;
+                    self.release(held.as_ref()).await;
                     return;
                 }
                 attempt += 1;
             }
         };
         match &outcome {
-            Outcome::Failed(_) => self.release(key.as_deref()).await,
+            Outcome::Failed(_) => self.release(held.as_ref()).await,
             Outcome::Done { .. } => {
                 if inbox == InboxEnd::Untouched
                     && !self
-                        .complete(key.as_deref(), &receipt)
+                        .complete(held.as_ref(), &receipt)
                         .instrument(span.clone())
                         .await
                 {
@@ -269,8 +269,15 @@ impl Worker {
             Ok(key) => key,
             Err(reason) => return Gate::NoKey(HandlerError::permanent(reason)),
         };
-        match dedup.store.reserve(&self.group, &key, dedup.lease).await {
-            Ok(Reservation::Fresh) => Gate::Run(Some(key)),
+        // This delivery's own token: a lease it lost (it outlived the lease, cut off from the
+        // store) and another delivery took is not this one's to renew or release.
+        let holder = crate::MessageId::new().to_string();
+        match dedup
+            .store
+            .reserve(&self.group, &key, &holder, dedup.lease)
+            .await
+        {
+            Ok(Reservation::Fresh) => Gate::Run(Some(Held { key, holder })),
             Ok(Reservation::Done) => {
                 tracing::debug!(origin = %message.origin(), key, "duplicate of a handled message; acked without handling");
                 SubscriptionStats::count(&self.stats.duplicates);
@@ -299,9 +306,9 @@ impl Worker {
     /// Runs `work`, renewing the delivery's dedup lease every third of the lease while it runs,
     /// so that a live member keeps its key however long its handler and its retries take.
     /// Work that is done at its first poll (most handlers) sets no timer.
-    async fn holding<T>(&self, key: Option<&str>, work: impl Future<Output = T>) -> T {
+    async fn holding<T>(&self, held: Option<&Held>, work: impl Future<Output = T>) -> T {
         let mut work = std::pin::pin!(work);
-        let (Some(dedup), Some(key)) = (&self.dedup, key) else {
+        let (Some(dedup), Some(Held { key, holder })) = (&self.dedup, held) else {
             return work.await;
         };
         if let std::task::Poll::Ready(out) =
@@ -316,7 +323,7 @@ impl Worker {
                 biased;
                 out = &mut work => return out,
                 () = tokio::time::sleep(every) => {
-                    let renew = dedup.store.extend(&self.group, key, dedup.lease);
+                    let renew = dedup.store.extend(&self.group, key, holder, dedup.lease);
                     tokio::select! {
                         biased;
                         out = &mut work => return out,
@@ -330,14 +337,14 @@ impl Worker {
     }
 
     /// What a handler's [`Context`] knows of the dedup key its delivery holds.
-    fn ticket(&self, key: Option<&str>) -> Option<Arc<DedupTicket>> {
-        let (Some(dedup), Some(key)) = (&self.dedup, key) else {
+    fn ticket(&self, held: Option<&Held>) -> Option<Arc<DedupTicket>> {
+        let (Some(dedup), Some(Held { key, .. })) = (&self.dedup, held) else {
             return None;
         };
         Some(Arc::new(DedupTicket {
             store: Arc::clone(&dedup.store),
             group: Arc::clone(&self.group),
-            key: key.to_owned(),
+            key: key.clone(),
             ttl: dedup.ttl,
             inbox: AtomicU8::new(INBOX_UNUSED),
         }))
@@ -348,8 +355,8 @@ impl Worker {
     /// redelivery run the handler a second time once the lease ran out. `false` only when the
     /// partition moved to another member meanwhile; the completion then goes on in the
     /// background for up to ten minutes.
-    async fn complete(&self, key: Option<&str>, receipt: &Receipt) -> bool {
-        let (Some(dedup), Some(key)) = (&self.dedup, key) else {
+    async fn complete(&self, held: Option<&Held>, receipt: &Receipt) -> bool {
+        let (Some(dedup), Some(Held { key, .. })) = (&self.dedup, held) else {
             return true;
         };
         let mut wait = std::time::Duration::from_millis(10);
@@ -390,11 +397,11 @@ impl Worker {
 
     /// Gives up a dedup lease, so that the next delivery may take the key at once. A failure
     /// only means the lease runs out on its own.
-    async fn release(&self, key: Option<&str>) {
-        let (Some(dedup), Some(key)) = (&self.dedup, key) else {
+    async fn release(&self, held: Option<&Held>) {
+        let (Some(dedup), Some(Held { key, holder })) = (&self.dedup, held) else {
             return;
         };
-        if let Err(error) = dedup.store.release(&self.group, key).await {
+        if let Err(error) = dedup.store.release(&self.group, key, holder).await {
             tracing::warn!(%error, key, "dedup store failed to release a key; its lease will run out");
         }
     }
@@ -642,10 +649,16 @@ fn inbox_outcome(outcome: Outcome, ticket: Option<&DedupTicket>) -> (Outcome, In
     }
 }
 
+/// A dedup key a delivery holds a lease on, and the token it holds it under.
+struct Held {
+    key: String,
+    holder: String,
+}
+
 /// What the dedup gate decided for a delivery.
 enum Gate {
     /// Run the handler, holding this key (if the subscription deduplicates).
-    Run(Option<String>),
+    Run(Option<Held>),
     /// The delivery was settled without the handler.
     Settled,
     /// The message has no dedup key: a permanent failure.
