@@ -122,9 +122,9 @@ impl AppBuilder {
     }
 
     /// How long shutdown and rebalances wait for running handlers (default 30 s). A partition
-    /// asked back in a rebalance waits for the handlers running on it (a wait between
-    /// in-process retries counts as running); deliveries fetched behind them are given up as
-    /// they come up, not started, and go to the partition's next owner.
+    /// asked back in a rebalance waits for the handlers running on it; deliveries fetched
+    /// behind them, or waiting for an in-process retry, are given up as they come up, not
+    /// started, and go to the partition's next owner. Shutdown gives up retry waits too.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
@@ -279,6 +279,7 @@ impl AppBuilder {
                     retry: spec.retry.clone(),
                     dead_letter: spec.dead_letter.clone(),
                     patterns: spec.topics.iter().any(|t| t.contains(['*', '#'])),
+                    shutdown: stop_rx.clone(),
                     dedup: spec
                         .dedup
                         .clone()

@@ -413,6 +413,88 @@ async fn a_nack_during_a_handover_ends_its_drain() {
     second.shutdown().await.expect("shutdown");
 }
 
+/// A handover does not wait for the backoff of an in-process retry on the partition: the
+/// message waiting to be tried again is given up to the next owner, which handles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_cuts_a_retry_backoff_short() {
+    let env = Env::kafka();
+    let (topic, group) = (env.unique("handover-retry"), env.unique("g"));
+    let (first_tx, mut first_seen) = Inbox::new();
+    let (second_tx, mut second_seen) = Inbox::new();
+    let two_partitions = || {
+        Subscription::builder([topic.as_str()])
+            .group(&group)
+            .partitions(2)
+    };
+    let place = |m: &Message| (m.origin().partition.unwrap(), m.origin().offset.unwrap());
+    let first = App::builder()
+        .subscribe(
+            two_partitions()
+                .name("member")
+                // A backoff far longer than the test's patience.
+                .retry(anybus::RetrySpec {
+                    max_attempts: 3,
+                    initial: Duration::from_secs(600),
+                    max: Duration::from_secs(600),
+                    jitter: false,
+                    mode: anybus::RetryMode::InProcess,
+                    ..anybus::RetrySpec::default()
+                })
+                .handler(move |m: Message| {
+                    let _ = first_tx.send(place(&m));
+                    std::future::ready(Err::<(), _>(HandlerError::transient(
+                        std::io::Error::other("fails here"),
+                    )))
+                }),
+        )
+        .drain_timeout(Duration::from_secs(600))
+        .connect(&env.url)
+        .await
+        .expect("first member");
+    // Keyed messages until each partition has one; each fails and waits for its retry.
+    let publisher = first.publisher();
+    let mut per_partition = [0i64; 2];
+    for key in 0.. {
+        let origin = publisher
+            .send(Message::new(topic.as_str(), "x").with_key(format!("k{key}")))
+            .await
+            .expect("publish");
+        per_partition[origin.partition.expect("a partition") as usize] += 1;
+        if per_partition.iter().all(|n| *n > 0) {
+            break;
+        }
+    }
+    let mut waiting: Vec<(i32, i64)> = first_seen.take(2, "both first messages fail").await;
+    waiting.sort();
+    assert_eq!(waiting, [(0, 0), (1, 0)]);
+
+    let second = env
+        .start(vec![two_partitions().name("member").handler(
+            move |m: Message| {
+                let _ = second_tx.send(place(&m));
+                std::future::ready(Ok::<(), HandlerError>(()))
+            },
+        )])
+        .await;
+    // Without the cut, the handover would wait out the 600 s backoff (or drain).
+    let (moved, offset) = second_seen.next("the moved partition's next owner").await;
+    assert_eq!(offset, 0, "the message that waited for its retry");
+    let mut before = [0i64; 2];
+    before[moved as usize] = per_partition[moved as usize];
+    wait_committed(&env, &group, &topic, &before).await;
+    assert_eq!(
+        first.stats()[0].stats.skipped_stale,
+        1,
+        "the retry was given up"
+    );
+    second.shutdown().await.expect("shutdown");
+    // Shutting down gives up the first member's own waiting retry too.
+    tokio::time::timeout(PATIENCE, first.shutdown())
+        .await
+        .expect("the shutdown waited for the retry backoff")
+        .expect("shutdown");
+}
+
 #[tokio::test]
 async fn an_unreachable_bootstrap_server_fails_connect_in_bounded_time() {
     let started = std::time::Instant::now();

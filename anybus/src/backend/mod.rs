@@ -208,6 +208,15 @@ pub trait Settler: Send + Sync {
         self.is_current(receipt)
     }
 
+    /// Resolves once the receipt's work may no longer start ([`Settler::try_start`] would
+    /// refuse it): its partition is being handed over, or moved on. The runtime waits for it
+    /// beside a retry's backoff, so that a handover does not wait for the backoff to end. By
+    /// default it never resolves, for backends whose partitions are not handed over.
+    fn stopped<'a>(&'a self, receipt: &'a Receipt) -> BoxFuture<'a, ()> {
+        let _ = receipt;
+        Box::pin(std::future::pending())
+    }
+
     /// The message is done: it may be committed. A stale receipt is dropped and counted.
     fn ack(&self, receipt: &Receipt);
 

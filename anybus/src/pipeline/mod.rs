@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::backend::{Delivery, Receipt, Settler};
@@ -58,6 +58,8 @@ pub(crate) struct Worker {
     /// Whether a topic of the subscription is a pattern (RabbitMQ's `orders.*`, `orders.#`),
     /// which may also match anybus's own dead-letter, retry and wait topics.
     pub(crate) patterns: bool,
+    /// Turns true when the app shuts down.
+    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 impl Worker {
@@ -84,8 +86,8 @@ impl Worker {
         if let Some(wait) =
             redeliver::due(&message).and_then(|due| due.duration_since(SystemTime::now()).ok())
         {
-            tokio::time::sleep(wait).await;
-            if !self.may_start(&receipt) {
+            self.wait(&receipt, wait).await;
+            if !self.goes_on(&receipt) {
                 return;
             }
         }
@@ -148,10 +150,10 @@ impl Worker {
             });
                 SubscriptionStats::count(&self.stats.retries);
                 // The key stays held while the retry waits.
-                self.holding(held.as_ref(), tokio::time::sleep(wait)).await;
-                if !self.may_start(&receipt) {
-                    // The partition moved on, or is being handed over, while this waited: its
-                    // (next) owner gets the message.
+                self.holding(held.as_ref(), self.wait(&receipt, wait)).await;
+                if !self.goes_on(&receipt) {
+                    // The partition moved on, or is being handed over, or the app shuts down,
+                    // while this waited: the partition's next reader gets the message.
                     self.release(held.as_ref()).await;
                     return;
                 }
@@ -238,6 +240,26 @@ impl Worker {
                 self.settler.ack(&receipt);
             }
         }
+    }
+
+    /// Waits `wait`, or less if the delivery's partition is being handed over (or moved on),
+    /// or the app shuts down, meanwhile: neither need wait for a backoff of work that will not
+    /// go on here.
+    async fn wait(&self, receipt: &Receipt, wait: std::time::Duration) {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            biased;
+            () = self.settler.stopped(receipt) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    /// After a wait: whether the delivery's work goes on here. Not once the app shuts down
+    /// (the message, not acknowledged, is delivered again after the restart), nor when
+    /// [`Worker::may_start`] says no.
+    fn goes_on(&self, receipt: &Receipt) -> bool {
+        !*self.shutdown.borrow() && self.may_start(receipt)
     }
 
     /// Whether the delivery's work may start, or go on to another attempt. If not (its

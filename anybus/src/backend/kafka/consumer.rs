@@ -34,6 +34,9 @@ pub(super) struct Shared {
     table: Mutex<PartitionTable>,
     /// Signalled when work on a revoking partition completes.
     drained: Condvar,
+    /// Signalled when a partition starts to be revoked, or is rewound: work waiting to go on
+    /// ([`Settler::stopped`]) looks whether it still may.
+    stopped: tokio::sync::Notify,
     closing: AtomicBool,
     stats: Arc<SubscriptionStats>,
     drain_timeout: Duration,
@@ -44,6 +47,7 @@ impl Shared {
         Self {
             table: Mutex::default(),
             drained: Condvar::new(),
+            stopped: tokio::sync::Notify::new(),
             closing: AtomicBool::new(false),
             stats,
             drain_timeout,
@@ -75,6 +79,7 @@ impl Shared {
                 SubscriptionStats::count(&self.stats.handovers);
             }
         }
+        self.stopped.notify_waiters();
         while table.revoking_in_flight() > 0 && !self.closing.load(Ordering::Acquire) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -150,6 +155,22 @@ impl Settler for Shared {
         SubscriptionStats::count(&self.stats.redeliveries);
         // A rewind forgets the partition's work in flight, which may end a drain.
         self.notify_if_drained(&table);
+        drop(table);
+        self.stopped.notify_waiters();
+    }
+
+    fn stopped<'a>(&'a self, receipt: &'a Receipt) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            loop {
+                let notified = self.stopped.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if !self.lock().may_start(receipt) {
+                    return;
+                }
+                notified.await;
+            }
+        })
     }
 }
 

@@ -213,19 +213,26 @@ impl PartitionTable {
             .is_some_and(|o| o.generation == receipt.generation && o.seek.is_none())
     }
 
+    /// Whether the receipt's work may start: its generation is live and its partition is not
+    /// being revoked.
+    pub(super) fn may_start(&self, receipt: &Receipt) -> bool {
+        self.is_current(receipt)
+            && self
+                .owned
+                .get(&receipt.slot)
+                .is_some_and(|owned| !owned.revoking)
+    }
+
     /// Claims the start of the receipt's work: `true` when its generation is live and its
     /// partition is not being revoked. A delivery of a revoking partition is given up instead:
     /// the drain no longer waits for it, and the commit point stays below it.
     pub(super) fn try_start(&mut self, receipt: &Receipt) -> bool {
-        if !self.is_current(receipt) {
-            return false;
-        }
-        let Some(owned) = self.owned.get_mut(&receipt.slot) else {
-            return false;
-        };
-        if !owned.revoking {
+        if self.may_start(receipt) {
             return true;
         }
+        let Some(owned) = self.live(receipt) else {
+            return false;
+        };
         if let Some(tracker) = owned.tracker.as_mut() {
             tracker.abandon(receipt.offset);
         }

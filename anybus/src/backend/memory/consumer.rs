@@ -88,6 +88,8 @@ impl Member {
                             (true, _) => None,
                             (false, None) => {
                                 SubscriptionStats::count(&self.stats.handovers);
+                                // Work waiting to go on looks whether it still may.
+                                self.notify.notify_waiters();
                                 Some(now + self.drain_timeout)
                             }
                             (false, deadline) => deadline,
@@ -209,6 +211,22 @@ fn slot_key(group: usize, partition: usize) -> u32 {
 impl Settler for Member {
     fn is_current(&self, receipt: &Receipt) -> bool {
         Self::live_slot(&mut self.lock(), receipt).is_some()
+    }
+
+    fn stopped<'a>(&'a self, receipt: &'a Receipt) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            loop {
+                let notified = self.notify.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                let may_start = Self::live_slot(&mut self.lock(), receipt)
+                    .is_some_and(|s| s.revoke_deadline.is_none());
+                if !may_start {
+                    return;
+                }
+                notified.await;
+            }
+        })
     }
 
     fn try_start(&self, receipt: &Receipt) -> bool {
