@@ -183,22 +183,23 @@ pub async fn a_renewed_lease_lasts_until_renewals_stop(store: Arc<dyn DedupStore
 /// holder's lease, and no other holder can.
 pub async fn a_lease_is_its_holders_alone(store: Arc<dyn DedupStore>) {
     let group = MessageId::new().to_string();
-    let lease = Duration::from_millis(200);
+    let short = Duration::from_millis(200);
+    let long = Duration::from_secs(60);
     assert_eq!(
-        store.reserve(&group, "k", "old", lease).await.ok(),
+        store.reserve(&group, "k", "old", short).await.ok(),
         Some(Reservation::Fresh)
     );
     store.release(&group, "k", "other").await.expect("release");
     assert_eq!(
-        store.reserve(&group, "k", "other", lease).await.ok(),
+        store.reserve(&group, "k", "other", short).await.ok(),
         Some(Reservation::InProgress),
         "another holder released the lease"
     );
-    // The old holder's lease runs out, and a new holder takes the key.
+    // The old holder's lease runs out, and a new holder takes the key, for long.
     let taken = Instant::now();
     loop {
         let found = store
-            .reserve(&group, "k", "new", Duration::from_secs(60))
+            .reserve(&group, "k", "new", long)
             .await
             .expect("reserve");
         if found == Reservation::Fresh {
@@ -207,23 +208,40 @@ pub async fn a_lease_is_its_holders_alone(store: Arc<dyn DedupStore>) {
         assert!(taken.elapsed() < PATIENCE, "the lease never ran out");
         tokio::task::yield_now().await;
     }
-    // Late, the old holder renews and releases: neither touches the new holder's lease.
-    store
-        .extend(&group, "k", "old", lease)
-        .await
-        .expect("extend");
+    // Late, the old holder releases: that leaves the new holder's lease alone.
     store.release(&group, "k", "old").await.expect("release");
     assert_eq!(
-        store.reserve(&group, "k", "third", lease).await.ok(),
+        store.reserve(&group, "k", "third", short).await.ok(),
         Some(Reservation::InProgress),
         "the old holder freed the new holder's lease"
     );
     store.release(&group, "k", "new").await.expect("release");
+    // Now a short lease, which the old holder tries to renew for long: it must still run out
+    // (well within the patience, which is shorter than the renewal would be).
     assert_eq!(
-        store.reserve(&group, "k", "third", lease).await.ok(),
+        store.reserve(&group, "k", "new", short).await.ok(),
         Some(Reservation::Fresh),
         "its holder's release frees it at once"
     );
+    store
+        .extend(&group, "k", "old", long)
+        .await
+        .expect("extend");
+    let taken = Instant::now();
+    loop {
+        let found = store
+            .reserve(&group, "k", "third", short)
+            .await
+            .expect("reserve");
+        if found == Reservation::Fresh {
+            break;
+        }
+        assert!(
+            taken.elapsed() < PATIENCE,
+            "the old holder renewed the new holder's lease"
+        );
+        tokio::task::yield_now().await;
+    }
 }
 
 /// A release frees a lease at once but never undoes a completion; groups are apart.

@@ -602,6 +602,24 @@ async fn a_table_of_an_earlier_version_gains_lease_holders() {
     .await
     .expect("a key handled before");
     let url = format!("{}?options=-c%20search_path%3D{schema}", url());
+    // While a transaction holds the table, the column cannot be added: the start fails soon,
+    // saying what to run by hand, rather than stall every member behind the lock.
+    let mut busy = admin.begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT 1 FROM {schema}.anybus_dedup FOR UPDATE"
+    )))
+    .execute(&mut *busy)
+    .await
+    .expect("hold the table");
+    let refused = anybus::dedup::connect(&url)
+        .await
+        .expect_err("the column was added under a held lock");
+    // (The test's password is `anybus`, which errors hide, also inside the table's name.)
+    assert!(
+        refused.reason.contains("_dedup ADD COLUMN holder text"),
+        "{refused}"
+    );
+    busy.rollback().await.expect("let go");
     let store = anybus_conformance::stores::open(&url, "postgres").await;
     let lease = Duration::from_secs(30);
     assert_eq!(

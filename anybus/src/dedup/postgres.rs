@@ -6,7 +6,9 @@
 //! The store keeps one row per key in the table `anybus_dedup`, which it creates when it
 //! connects: `(consumer_group, dedup_key)` is the primary key, `done` says whether the key was
 //! handled, `holder` who holds a lease, and `expires_at` (the database's clock) ends a lease or,
-//! for a done key, the TTL.
+//! for a done key, the TTL. A table an earlier version created gains the `holder` column at
+//! connect; members of an earlier version, still running beside this one, neither set nor check
+//! holders, so a lease is its holder's alone only once every member runs this version.
 //! `reserve` is one `INSERT … ON CONFLICT DO UPDATE … WHERE expires_at <= now`, so taking a free
 //! or expired key is atomic and of many concurrent reservers exactly one wins. Expired rows are
 //! deleted by the store in the background, every minute.
@@ -58,16 +60,20 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS anybus_dedup (
 )";
 /// Whether the table has the holder column: a table an earlier version created lacks it.
 /// Asked first because `ALTER TABLE` locks the whole table even when it has nothing to do,
-/// which would stall every member's statements behind any open inbox transaction.
+/// which would stall every member's statements behind any open inbox transaction. When the
+/// column is missing, the `ALTER` waits at most [`ALTER_LOCK_TIMEOUT`] for the table (all
+/// members' statements wait behind it meanwhile), and the start fails, saying what to run by
+/// hand, if the table stays busy.
 const HAS_HOLDER: &str = "SELECT EXISTS (SELECT 1 FROM pg_attribute
     WHERE attrelid = to_regclass('anybus_dedup') AND attname = 'holder' AND NOT attisdropped)";
 const ADD_HOLDER: &str = "ALTER TABLE anybus_dedup ADD COLUMN IF NOT EXISTS holder text";
+const ALTER_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
 
-/// Takes each `(group, key, lease, holder)` of the arrays that is free or expired. For each input row
-/// (by its position, from 1): 0 when this statement took it, else 2 for done and 1 for leased.
-/// A key that another reserver inserted or took after this statement's snapshot shows neither
-/// as taken nor as a live row: it comes out as leased, which it is. Rows are inserted in key order, so two
-/// batches never wait on each other's rows in a cycle.
+/// Takes each `(group, key, lease, holder)` of the arrays that is free or expired. For each
+/// input row (by its position, from 1): 0 when this statement took it, else 2 for done and 1
+/// for leased. A key that another reserver inserted or took after this statement's snapshot
+/// shows neither as taken nor as a live row: it comes out as leased, which it is. Rows are
+/// inserted in key order, so two batches never wait on each other's rows in a cycle.
 const RESERVE: &str = "WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[])
         WITH ORDINALITY AS i(grp, key, lease, holder, n)
@@ -106,9 +112,8 @@ const MARK: &str = "INSERT INTO anybus_dedup AS d (consumer_group, dedup_key, do
         WHERE NOT d.done";
 
 /// Renews a key's lease while it is holder `$4`'s live lease. A row that a transaction holds is
-/// skipped,
-/// not waited for: that is the handler's own inbox transaction, whose lock already keeps every
-/// other reserver out until it ends.
+/// skipped, not waited for: that is the handler's own inbox transaction, whose lock already
+/// keeps every other reserver out until it ends.
 const EXTEND: &str = "UPDATE anybus_dedup
     SET expires_at = clock_timestamp() + make_interval(secs => $3)
     WHERE (consumer_group, dedup_key) IN (
@@ -170,7 +175,14 @@ impl PostgresDedupStore {
             sqlx::query(CREATE).execute(&mut *tx).await?;
             let has_holder: bool = sqlx::query_scalar(HAS_HOLDER).fetch_one(&mut *tx).await?;
             if !has_holder {
-                sqlx::query(ADD_HOLDER).execute(&mut *tx).await?;
+                sqlx::query(ALTER_LOCK_TIMEOUT).execute(&mut *tx).await?;
+                if let Err(e) = sqlx::query(ADD_HOLDER).execute(&mut *tx).await {
+                    return Ok(Err(format!(
+                        "the table anybus_dedup of an earlier version needs the column `holder`, \
+                         and adding it failed ({e}); run `ALTER TABLE anybus_dedup ADD COLUMN \
+                         holder text` when no transaction holds the table"
+                    )));
+                }
             }
             tx.commit().await?;
             let batch_pool = PgPoolOptions::new()
@@ -178,12 +190,13 @@ impl PostgresDedupStore {
                 .acquire_timeout(CONNECT_TIMEOUT)
                 .connect_with(options.options([("lock_timeout", LOCK_TIMEOUT_MS)]))
                 .await?;
-            Ok::<_, sqlx::Error>((pool, batch_pool))
+            Ok::<_, sqlx::Error>(Ok((pool, batch_pool)))
         };
         let (pool, batch_pool) = tokio::time::timeout(CONNECT_TIMEOUT, open)
             .await
             .map_err(|_| failed(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(failed)?;
         let (reserves, reserve_ops) = async_channel::unbounded();
         let (completes, complete_ops) = async_channel::unbounded();
         let store = Arc::new(Self {
