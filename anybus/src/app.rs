@@ -578,7 +578,9 @@ impl App {
     }
 
     /// Stops consuming, lets in-flight handlers finish (up to the drain timeout), commits what
-    /// completed and leaves every group. What was not completed is delivered again later.
+    /// completed, leaves every group, and closes the app's own connection to the broker where it
+    /// has one (RabbitMQ: the app's publishers fail from then on). What was not completed is
+    /// delivered again later.
     pub async fn shutdown(self) -> Result<(), RunError> {
         self.stop.send_replace(true);
         let mut first_error = None;
@@ -609,6 +611,7 @@ impl App {
         if let Err(error) = self.backend.delete(&[self.reply_topic]).await {
             tracing::warn!(%error, "could not delete the reply topic");
         }
+        self.backend.close().await;
         first_error.map_or(Ok(()), Err)
     }
 }

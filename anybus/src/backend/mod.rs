@@ -165,6 +165,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Publishes one message and resolves when the broker has confirmed it, with where it landed.
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<Origin, PublishError>>;
 
+    /// Closes the connection to the broker: the app calls it last when it shuts down, so that
+    /// the broker sees a clean close even if the process exits right after. Resolves once the
+    /// connection is closed, or closing was given up on. Backends without a connection of
+    /// their own to close keep the default, which does nothing.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// Deletes topics this app created for itself alone (its reply topic), when it shuts down.
     /// Backends whose private destinations vanish on their own keep the default, which does
     /// nothing.

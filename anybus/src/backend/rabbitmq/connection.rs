@@ -81,6 +81,8 @@ pub(super) struct Link {
     remembered: Mutex<Vec<Topology>>,
     suspect: Notify,
     closing: watch::Sender<bool>,
+    /// Turns true once the supervisor stopped: the connection is closed.
+    finished: watch::Sender<bool>,
 }
 
 impl Link {
@@ -101,8 +103,13 @@ impl Link {
             remembered: Mutex::default(),
             suspect: Notify::new(),
             closing: watch::Sender::new(false),
+            finished: watch::Sender::new(false),
         });
-        tokio::spawn(supervise(Arc::clone(&link)));
+        let supervised = Arc::clone(&link);
+        tokio::spawn(async move {
+            supervise(Arc::clone(&supervised)).await;
+            supervised.finished.send_replace(true);
+        });
         Ok(link)
     }
 
@@ -170,6 +177,15 @@ impl Link {
         self.closing.send_replace(true);
     }
 
+    /// Closes the connection and waits until it is closed (`connection.close` answered), so
+    /// that the broker sees a clean close rather than a dropped socket when the process exits
+    /// next; gives up after [`CLOSE_WAIT`].
+    pub(super) async fn close_and_wait(&self) {
+        self.close();
+        let mut finished = self.finished.subscribe();
+        let _ = tokio::time::timeout(CLOSE_WAIT, finished.wait_for(|f| *f)).await;
+    }
+
     async fn reconnect(&self) -> Result<Connection, String> {
         let connection = self.target.connect().await.map_err(|e| e.to_string())?;
         if let Err(e) = declare(&connection, &Topology::base()).await {
@@ -208,6 +224,9 @@ pub(super) async fn declare(
     }
     Ok(declared?)
 }
+
+/// How long closing waits for the broker's answer (the close itself gives up after 2 s).
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Watches the connection; when it dies, reconnects until it succeeds or the link closes.
 async fn supervise(link: Arc<Link>) {

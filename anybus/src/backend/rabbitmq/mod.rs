@@ -186,6 +186,10 @@ impl Backend for RabbitBackend {
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<Origin, PublishError>> {
         Box::pin(self.publisher.publish(message))
     }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.link.close_and_wait())
+    }
 }
 
 impl Drop for RabbitBackend {
@@ -295,5 +299,22 @@ mod tests {
             "the broker's refusal was logged (so the capture works): {logged}"
         );
         assert!(!logged.contains(&password), "a log line shows the password");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_resolves_once_the_broker_closed_the_connection() {
+        let url = BrokerUrl::parse(&format!("amqp://guest:guest@{}/%2f", broker())).unwrap();
+        let backend = RabbitBackend::connect(&url).await.unwrap_or_else(|e| {
+            panic!("{e}\n(is the broker up? `tests/brokers.sh up rabbitmq` starts it)")
+        });
+        let session = backend.link.current().expect("a connection");
+        backend.close().await;
+        let status = session.connection.status();
+        assert!(
+            status.closed(),
+            "closed by the broker's answer, not just asked to (closing: {}, connected: {})",
+            status.closing(),
+            status.connected()
+        );
     }
 }
