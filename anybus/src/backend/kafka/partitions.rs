@@ -230,10 +230,11 @@ impl PartitionTable {
         if self.may_start(receipt) {
             return true;
         }
-        let Some(owned) = self.live(receipt) else {
-            return false;
-        };
-        if let Some(tracker) = owned.tracker.as_mut() {
+        if let Some(tracker) = self
+            .live(receipt)
+            .filter(|owned| owned.revoking)
+            .and_then(|owned| owned.tracker.as_mut())
+        {
             tracker.abandon(receipt.offset);
         }
         false
