@@ -246,3 +246,29 @@ pub fn consume_runs(args: &[String]) {
         }
     });
 }
+
+/// `bench kafka-publish RUNS raw|anybus`: publishes `N / 2` events `RUNS` times with one of
+/// the two producers, a line each, for `perf record` and the like.
+pub fn publish_runs(args: &[String]) {
+    let runs: usize = args.first().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
+    let raw = args.get(1).is_some_and(|c| c == "raw");
+    crate::Flavor::MultiThread.runtime().block_on(async {
+        let topic = format!("bench-publish-{}", MessageId::new());
+        create_topic(&topic, 4).await;
+        let producer = producer();
+        let app = App::builder().connect(&url()).await.expect("anybus on kafka");
+        for _ in 0..runs {
+            let took = if raw {
+                raw_produce(&producer, &topic, N / 2, false).await
+            } else {
+                anybus_produce(&app, &topic, N / 2).await
+            };
+            println!(
+                "{}: {} msg/s",
+                if raw { "raw" } else { "anybus" },
+                crate::thousands((N / 2) as f64 / took.as_secs_f64())
+            );
+        }
+        app.shutdown().await.expect("shutdown");
+    });
+}

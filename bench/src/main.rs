@@ -12,6 +12,7 @@
 //! cargo run --release -p anybus-bench -- scenario end-to-end raw 1 multi 20   # one scenario, for perf
 //! cargo run --release -p anybus-bench --features kafka -- kafka-vs-raw   # the Kafka rows against raw rdkafka alone
 //! cargo run --release -p anybus-bench --features kafka -- kafka-consume 4 5 anybus   # Kafka consume runs, for perf
+//! cargo run --release -p anybus-bench --features kafka -- kafka-publish 5 anybus     # Kafka publish runs, for perf
 //! ```
 //!
 //! What it measures, for raw 512-byte payloads (the handler takes the `anybus::Message`) and for
@@ -655,6 +656,8 @@ fn main() {
         Some("time-run") => return time_run(&args[1..]),
         #[cfg(feature = "kafka")]
         Some("kafka-consume") => return kafka::consume_runs(&args[1..]),
+        #[cfg(feature = "kafka")]
+        Some("kafka-publish") => return kafka::publish_runs(&args[1..]),
         _ => {}
     }
     let only = args.first().cloned().unwrap_or_default();
