@@ -256,7 +256,10 @@ pub fn publish_runs(args: &[String]) {
         let topic = format!("bench-publish-{}", MessageId::new());
         create_topic(&topic, 4).await;
         let producer = producer();
-        let app = App::builder().connect(&url()).await.expect("anybus on kafka");
+        let app = App::builder()
+            .connect(&url())
+            .await
+            .expect("anybus on kafka");
         for _ in 0..runs {
             let took = if raw {
                 raw_produce(&producer, &topic, N / 2, false).await
