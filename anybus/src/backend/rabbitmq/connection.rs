@@ -81,8 +81,9 @@ pub(super) struct Link {
     remembered: Mutex<Vec<Topology>>,
     suspect: Notify,
     closing: watch::Sender<bool>,
-    /// Turns true once the supervisor stopped: the connection is closed.
-    finished: watch::Sender<bool>,
+    /// Set once the supervisor stopped: whether the connection was closed cleanly (the broker
+    /// answered `connection.close`, or there was no connection left to close).
+    finished: watch::Sender<Option<bool>>,
 }
 
 impl Link {
@@ -103,12 +104,12 @@ impl Link {
             remembered: Mutex::default(),
             suspect: Notify::new(),
             closing: watch::Sender::new(false),
-            finished: watch::Sender::new(false),
+            finished: watch::Sender::new(None),
         });
         let supervised = Arc::clone(&link);
         tokio::spawn(async move {
-            supervise(Arc::clone(&supervised)).await;
-            supervised.finished.send_replace(true);
+            let clean = supervise(Arc::clone(&supervised)).await;
+            supervised.finished.send_replace(Some(clean));
         });
         Ok(link)
     }
@@ -179,11 +180,12 @@ impl Link {
 
     /// Closes the connection and waits until it is closed (`connection.close` answered), so
     /// that the broker sees a clean close rather than a dropped socket when the process exits
-    /// next; gives up after [`CLOSE_WAIT`].
-    pub(super) async fn close_and_wait(&self) {
+    /// next; gives up after [`CLOSE_WAIT`]. Returns whether it closed cleanly.
+    pub(super) async fn close_and_wait(&self) -> bool {
         self.close();
         let mut finished = self.finished.subscribe();
-        let _ = tokio::time::timeout(CLOSE_WAIT, finished.wait_for(|f| *f)).await;
+        let closed = tokio::time::timeout(CLOSE_WAIT, finished.wait_for(Option::is_some)).await;
+        matches!(closed, Ok(Ok(clean)) if *clean == Some(true))
     }
 
     async fn reconnect(&self) -> Result<Connection, String> {
@@ -229,13 +231,14 @@ pub(super) async fn declare(
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Watches the connection; when it dies, reconnects until it succeeds or the link closes.
-async fn supervise(link: Arc<Link>) {
+/// Returns whether the close was clean.
+async fn supervise(link: Arc<Link>) -> bool {
     let mut closing = link.closing.subscribe();
     let mut number = 1;
     loop {
         let session = match &*link.state.borrow() {
             State::Up(session) => session.clone(),
-            State::Down | State::Closed => return,
+            State::Down | State::Closed => return true,
         };
         let mut events = session.connection.events_listener();
         let mut last_error = None;
@@ -247,8 +250,8 @@ async fn supervise(link: Arc<Link>) {
                 () = closed(&mut closing) => {
                     link.state.send_replace(State::Closed);
                     let close = session.connection.close(200, "anybus shut down".into());
-                    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
-                    return;
+                    let closed = tokio::time::timeout(Duration::from_secs(2), close).await;
+                    return matches!(closed, Ok(Ok(())));
                 }
                 event = events.next() => match event {
                     // A channel closed with an error (a refused declaration, say) reports here
@@ -277,7 +280,7 @@ async fn supervise(link: Arc<Link>) {
             tokio::select! {
                 () = closed(&mut closing) => {
                     link.state.send_replace(State::Closed);
-                    return;
+                    return true;
                 }
                 () = tokio::time::sleep(delay) => {}
             }
