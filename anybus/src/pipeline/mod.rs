@@ -717,15 +717,8 @@ fn backoff(policy: &RetrySpec) -> backon::ExponentialBackoff {
 
 /// Where one lane or pool worker takes its deliveries from.
 enum Source {
-    /// A partition's lane: takes its deliveries a chunk at a time, and gives the dispatch
-    /// loop a chunk's room back when it is through with the chunk.
-    Lane {
-        rx: mpsc::UnboundedReceiver<Vec<Delivery>>,
-        chunk: std::vec::IntoIter<Delivery>,
-        room: Arc<tokio::sync::Semaphore>,
-        /// The size of the chunk worked through: its room is given back with the next one.
-        held: usize,
-    },
+    /// A partition's lane.
+    Lane(mpsc::Receiver<Delivery>),
     Pool(async_channel::Receiver<Delivery>),
     /// A pool worker under key ordering: reports each finished key back to the dispatch loop,
     /// which starts the next delivery of that key.
@@ -748,18 +741,12 @@ pub struct Lane {
 impl Lane {
     pub(crate) fn of_partition(
         worker: Arc<Worker>,
-        rx: mpsc::UnboundedReceiver<Vec<Delivery>>,
-        room: Arc<tokio::sync::Semaphore>,
+        rx: mpsc::Receiver<Delivery>,
         stopping: Arc<AtomicBool>,
     ) -> Self {
         Self {
             worker,
-            source: Source::Lane {
-                rx,
-                chunk: Vec::new().into_iter(),
-                room,
-                held: 0,
-            },
+            source: Source::Lane(rx),
             stopping,
         }
     }
@@ -797,24 +784,7 @@ impl Lane {
     {
         loop {
             let (next, key) = match &mut self.source {
-                Source::Lane {
-                    rx,
-                    chunk,
-                    room,
-                    held,
-                } => loop {
-                    if let Some(delivery) = chunk.next() {
-                        break (Some(delivery), None);
-                    }
-                    room.add_permits(std::mem::take(held));
-                    match rx.recv().await {
-                        Some(next) => {
-                            *held = next.len();
-                            *chunk = next.into_iter();
-                        }
-                        None => break (None, None),
-                    }
-                },
+                Source::Lane(rx) => (rx.recv().await, None),
                 Source::Pool(rx) => (rx.recv().await.ok(), None),
                 Source::Keyed { rx, .. } => match rx.recv().await {
                     Ok((key, delivery)) => (Some(delivery), Some(key)),
@@ -831,10 +801,6 @@ impl Lane {
                     break;
                 }
             }
-        }
-        if let Source::Lane { room, .. } = &self.source {
-            // A dispatch loop waiting for room in a lane that stopped waits no more.
-            room.close();
         }
     }
 }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::keys::KeyQueues;
@@ -32,24 +32,13 @@ use super::{Lane, Worker};
 use crate::backend::{BackendError, Consumer, Delivery};
 use crate::subscription::Ordering;
 
-/// The most deliveries of one partition handed to its lane at once. A polled batch is split
-/// into runs of one partition, and each run goes to its lane as one chunk: one channel send and
-/// at most one wake-up per chunk rather than per delivery (per-delivery sends made the dispatch
-/// loop and a busy lane wake each other for every message).
-const LANE_CHUNK: usize = 128;
-
-/// The most deliveries a lane holds, the chunk it works through included, before the dispatch
-/// loop waits for it: counted in deliveries, not chunks, so that short runs (partitions
-/// interleaved in a batch) do not shrink a lane's buffer.
-const LANE_CAPACITY: usize = 2 * LANE_CHUNK;
+/// Deliveries a lane buffers before the dispatch loop waits.
+const LANE_CAPACITY: usize = 128;
 
 /// The dispatch loop's side of a partition's lane.
 struct LaneTx {
     slot: u32,
-    tx: mpsc::UnboundedSender<Vec<Delivery>>,
-    /// Permits for the deliveries the lane may still take; the lane gives a chunk's back when
-    /// it is through with it, and closes it when it stops.
-    room: Arc<Semaphore>,
+    tx: mpsc::Sender<Delivery>,
 }
 
 /// How one subscription member is run.
@@ -252,9 +241,9 @@ impl Dispatch {
         result.and(closed)
     }
 
-    /// Hands `batch` to the lanes of its partitions, each run of one partition as one chunk,
-    /// starting a lane for a partition seen for the first time. A full lane is waited for, and
-    /// then also the stop signal; `false` when stopping.
+    /// Hands `batch` to the lanes of its partitions, starting a lane for a partition seen for
+    /// the first time. The common case, room in the lane, costs no select; a full lane is
+    /// waited for, and then also the stop signal. `false` when stopping.
     async fn to_lanes(
         &self,
         lanes: &mut Vec<LaneTx>,
@@ -263,17 +252,8 @@ impl Dispatch {
         stopping: &Arc<AtomicBool>,
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
-        let mut rest = batch.drain(..).peekable();
-        while let Some(first) = rest.next() {
-            let slot = first.receipt.slot;
-            let mut chunk = Vec::with_capacity(LANE_CHUNK.min(rest.len() + 1));
-            chunk.push(first);
-            while chunk.len() < LANE_CHUNK {
-                match rest.next_if(|d| d.receipt.slot == slot) {
-                    Some(delivery) => chunk.push(delivery),
-                    None => break,
-                }
-            }
+        for delivery in batch.drain(..) {
+            let slot = delivery.receipt.slot;
             let i = match lanes.iter().position(|lane| lane.slot == slot) {
                 Some(i) => i,
                 None => {
@@ -283,23 +263,16 @@ impl Dispatch {
                     lanes.len() - 1
                 }
             };
-            let lane = &lanes[i];
-            // A chunk is never larger than the lane's capacity, so the permits come.
-            let n = chunk.len() as u32;
-            let permits = match lane.room.try_acquire_many(n) {
-                Ok(permits) => Some(permits),
-                Err(TryAcquireError::Closed) => None,
-                Err(TryAcquireError::NoPermits) => tokio::select! {
+            let lane = &lanes[i].tx;
+            let sent = match lane.try_send(delivery) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Full(delivery)) => tokio::select! {
                     biased;
-                    _ = stop.changed() => None,
-                    permits = lane.room.acquire_many(n) => permits.ok(),
+                    _ = stop.changed() => false,
+                    sent = lane.send(delivery) => sent.is_ok(),
                 },
             };
-            // The lane gives them back itself, when it is through with the chunk.
-            let sent = permits.is_some_and(|permits| {
-                permits.forget();
-                lane.tx.send(chunk).is_ok()
-            });
             if !sent {
                 return false;
             }
@@ -314,9 +287,8 @@ fn spawn_lane(
     worker: Arc<Worker>,
     stopping: Arc<AtomicBool>,
 ) -> LaneTx {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let room = Arc::new(Semaphore::new(LANE_CAPACITY));
+    let (tx, rx) = mpsc::channel(LANE_CAPACITY);
     let handler = Arc::clone(&worker.handler);
-    tasks.spawn(handler.serve(Lane::of_partition(worker, rx, Arc::clone(&room), stopping)));
-    LaneTx { slot, tx, room }
+    tasks.spawn(handler.serve(Lane::of_partition(worker, rx, stopping)));
+    LaneTx { slot, tx }
 }
