@@ -92,6 +92,21 @@ impl Worker {
             }
         }
         let span = delivery_span(&message, &self.group, &self.name);
+        // One span around all the rest, rather than around each step: every wrapper moves
+        // the (large) future it wraps, and callgrind counted those copies per message.
+        self.handle(message, receipt, call).instrument(span).await;
+    }
+
+    /// Runs the handler (and its retries) for a delivery that may start, inside the
+    /// delivery's span, and settles the delivery.
+    async fn handle<Fut>(
+        &self,
+        message: Arc<crate::Message>,
+        receipt: Receipt,
+        call: &impl Fn(Context) -> Fut,
+    ) where
+        Fut: Future<Output = Outcome>,
+    {
         let mut attempt = message
             .headers()
             .get_str(header::ATTEMPT)
@@ -99,7 +114,7 @@ impl Worker {
             .unwrap_or(1);
         let mut delays = None;
         let mut first_failure = redeliver::first_failure(&message);
-        let (held, unkeyed) = match self.gate(&message, &receipt).instrument(span.clone()).await {
+        let (held, unkeyed) = match self.gate(&message, &receipt).await {
             Gate::Run(held) => (held, None),
             Gate::Settled => return,
             Gate::NoKey(error) => (None, Some(error)),
@@ -120,10 +135,7 @@ impl Worker {
                     Arc::clone(&self.state),
                     ticket.clone(),
                 );
-                let outcome = self
-                    .holding(held.as_ref(), unwound(|| call(ctx)))
-                    .instrument(span.clone())
-                    .await;
+                let outcome = self.holding(held.as_ref(), unwound(|| call(ctx))).await;
                 let (outcome, end) = inbox_outcome(outcome, ticket.as_deref());
                 inbox = end;
                 if matches!(outcome, Outcome::Failed(_)) {
@@ -145,9 +157,7 @@ impl Worker {
                 let Some(wait) = delays.get_or_insert_with(|| backoff(policy)).next() else {
                     break outcome;
                 };
-                span.in_scope(|| {
                 tracing::warn!(origin = %message.origin(), %error, attempt, ?wait, "handler failed; retrying");
-            });
                 SubscriptionStats::count(&self.stats.retries);
                 // The key stays held while the retry waits.
                 self.holding(held.as_ref(), self.wait(&receipt, wait)).await;
@@ -163,12 +173,7 @@ impl Worker {
         match &outcome {
             Outcome::Failed(_) => self.release(held.as_ref()).await,
             Outcome::Done { .. } => {
-                if inbox == InboxEnd::Untouched
-                    && !self
-                        .complete(held.as_ref(), &receipt)
-                        .instrument(span.clone())
-                        .await
-                {
+                if inbox == InboxEnd::Untouched && !self.complete(held.as_ref(), &receipt).await {
                     // Its new owner has the message (and meets the lease until it runs out).
                     SubscriptionStats::count(&self.stats.skipped_stale);
                     return;
@@ -183,21 +188,16 @@ impl Worker {
                     wait: redeliver::delay(policy, attempt),
                     first_failure,
                 };
-                return self
-                    .retry_later(&message, &receipt, later)
-                    .instrument(span)
-                    .await;
+                return self.retry_later(&message, &receipt, later).await;
             }
         }
         match outcome {
             Outcome::Done { reply } => {
                 if let Some(reply) = reply {
-                    self.answer(&message, Ok(reply))
-                        .instrument(span.clone())
-                        .await;
+                    self.answer(&message, Ok(reply)).await;
                 }
                 if inbox == InboxEnd::FoundDone {
-                    span.in_scope(|| tracing::debug!(origin = %message.origin(), "the inbox found the message handled before; acked as a duplicate"));
+                    tracing::debug!(origin = %message.origin(), "the inbox found the message handled before; acked as a duplicate");
                     SubscriptionStats::count(&self.stats.duplicates);
                 } else {
                     SubscriptionStats::count(&self.stats.handled);
@@ -207,9 +207,7 @@ impl Worker {
             Outcome::Failed(error)
                 if error.kind() == FailureKind::Transient && self.retry.is_none() =>
             {
-                span.in_scope(|| {
-                    tracing::warn!(origin = %message.origin(), %error, "handler failed; the message will be delivered again");
-                });
+                tracing::warn!(origin = %message.origin(), %error, "handler failed; the message will be delivered again");
                 SubscriptionStats::count(&self.stats.transient_failures);
                 self.settler.nack(&receipt);
             }
@@ -225,18 +223,12 @@ impl Worker {
                     first_failure: first_failure.unwrap_or_else(SystemTime::now),
                     now: SystemTime::now(),
                 };
-                if !self
-                    .give_up(&message, &failure)
-                    .instrument(span.clone())
-                    .await
-                {
+                if !self.give_up(&message, &failure).await {
                     // The dead letter was not confirmed: keep the message, it comes again.
                     self.settler.nack(&receipt);
                     return;
                 }
-                self.answer(&message, Err(error.to_string()))
-                    .instrument(span)
-                    .await;
+                self.answer(&message, Err(error.to_string())).await;
                 self.settler.ack(&receipt);
             }
         }
