@@ -29,6 +29,70 @@ fn one_partition(env: &Env, topic: &str, group: &str) -> anybus::SubscriptionBui
     Subscription::builder([topic]).group(group).partitions(1)
 }
 
+/// A member of `group` on a topic of two partitions: the rebalance tests make one partition
+/// move (cooperative-sticky) by starting a second member.
+fn two_partitions(topic: &str, group: &str) -> anybus::SubscriptionBuilder {
+    Subscription::builder([topic]).group(group).partitions(2)
+}
+
+/// Where a message was read: partition and offset.
+fn place(m: &Message) -> (i32, i64) {
+    (m.origin().partition.unwrap(), m.origin().offset.unwrap())
+}
+
+/// Publishes keyed messages `x` until each of the topic's two partitions has at least `n`;
+/// returns how many each got, and the key of each partition's first message.
+async fn fill_both_partitions(app: &App, topic: &str, n: i64) -> ([i64; 2], [String; 2]) {
+    let publisher = app.publisher();
+    let mut per_partition = [0i64; 2];
+    let mut keys = [None, None];
+    for key in 0.. {
+        let key = format!("k{key}");
+        let origin = publisher
+            .send(Message::new(topic, "x").with_key(key.clone()))
+            .await
+            .expect("publish");
+        let p = origin.partition.expect("a partition") as usize;
+        per_partition[p] += 1;
+        keys[p].get_or_insert(key);
+        if per_partition.iter().all(|count| *count >= n) {
+            break;
+        }
+    }
+    (
+        per_partition,
+        keys.map(|k| k.expect("a key of each partition")),
+    )
+}
+
+/// Starts a second member of `group`, which takes one partition over from the first and
+/// reports where each message it handles was read; waits until the first member was asked
+/// for a partition.
+async fn join_second_member(
+    env: &Env,
+    first: &App,
+    topic: &str,
+    group: &str,
+) -> (App, Inbox<(i32, i64)>) {
+    let (tx, seen) = Inbox::new();
+    let second = env
+        .start(vec![two_partitions(topic, group).name("member").handler(
+            move |m: Message| {
+                let _ = tx.send(place(&m));
+                std::future::ready(Ok::<(), HandlerError>(()))
+            },
+        )])
+        .await;
+    wait_stats(
+        first,
+        "the rebalance asks the first member for a partition",
+        tokio::time::Instant::now() + PATIENCE,
+        |s| s.handovers > 0,
+    )
+    .await;
+    (second, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_never_pass_an_unfinished_offset() {
     let env = Env::kafka();
@@ -137,20 +201,19 @@ async fn a_stale_ack_after_a_rebalance_commits_nothing() {
     let (started_tx, mut started) = Inbox::new();
     let (done_tx, mut done) = Inbox::new();
     let held = Arc::clone(&gate);
-    let two_partitions = || {
-        Subscription::builder([topic.as_str()])
-            .group(&group)
-            .partitions(2)
-    };
     let first = App::builder()
-        .subscribe(two_partitions().name("member").handler(move |m: Message| {
-            let (held, started_tx) = (Arc::clone(&held), started_tx.clone());
-            async move {
-                let _ = started_tx.send(m.origin().partition);
-                let _ = held.acquire().await;
-                Ok::<(), HandlerError>(())
-            }
-        }))
+        .subscribe(
+            two_partitions(&topic, &group)
+                .name("member")
+                .handler(move |m: Message| {
+                    let (held, started_tx) = (Arc::clone(&held), started_tx.clone());
+                    async move {
+                        let _ = started_tx.send(m.origin().partition);
+                        let _ = held.acquire().await;
+                        Ok::<(), HandlerError>(())
+                    }
+                }),
+        )
         // The rebalance below waits this long for the blocked handlers, then hands over.
         .drain_timeout(Duration::from_millis(300))
         .connect(&env.url)
@@ -158,18 +221,7 @@ async fn a_stale_ack_after_a_rebalance_commits_nothing() {
         .expect("first member");
     // Keyed messages until both partitions have one; the first member blocks on the first
     // message of each (one in flight per partition), the rest wait behind it.
-    let publisher = first.publisher();
-    let mut per_partition = [0i64; 2];
-    for key in 0.. {
-        let origin = publisher
-            .send(Message::new(topic.as_str(), "x").with_key(format!("k{key}")))
-            .await
-            .expect("publish");
-        per_partition[origin.partition.expect("a partition") as usize] += 1;
-        if per_partition.iter().all(|n| *n > 0) {
-            break;
-        }
-    }
+    let (per_partition, _) = fill_both_partitions(&first, &topic, 1).await;
     let mut blocked: Vec<Option<i32>> = started.take(2, "the first member starts both").await;
     blocked.sort();
     assert_eq!(blocked, [Some(0), Some(1)]);
@@ -177,7 +229,7 @@ async fn a_stale_ack_after_a_rebalance_commits_nothing() {
     // Joining moves one partition (cooperative-sticky) to the second member, after the drain
     // timeout, with the first member's handler still running.
     let second = env
-        .start(vec![two_partitions().name("member").handler(
+        .start(vec![two_partitions(&topic, &group).name("member").handler(
             move |m: Message| {
                 let _ = done_tx.send(m.origin().partition);
                 std::future::ready(Ok::<(), HandlerError>(()))
@@ -228,65 +280,37 @@ async fn a_handover_waits_only_for_the_running_handler() {
     let (topic, group) = (env.unique("handover"), env.unique("g"));
     let gate = Arc::new(Semaphore::new(0));
     let (first_tx, mut first_seen) = Inbox::new();
-    let (second_tx, mut second_seen) = Inbox::new();
     let held = Arc::clone(&gate);
-    let two_partitions = || {
-        Subscription::builder([topic.as_str()])
-            .group(&group)
-            .partitions(2)
-    };
-    let place = |m: &Message| (m.origin().partition.unwrap(), m.origin().offset.unwrap());
     let first = App::builder()
-        .subscribe(two_partitions().name("member").handler(move |m: Message| {
-            let (held, first_tx) = (Arc::clone(&held), first_tx.clone());
-            async move {
-                let at = place(&m);
-                let _ = first_tx.send(at);
-                if at.1 == 0 {
-                    // The first message of each partition runs until the test opens the gate.
-                    let _ = held.acquire().await;
-                }
-                Ok::<(), HandlerError>(())
-            }
-        }))
+        .subscribe(
+            two_partitions(&topic, &group)
+                .name("member")
+                .handler(move |m: Message| {
+                    let (held, first_tx) = (Arc::clone(&held), first_tx.clone());
+                    async move {
+                        let at = place(&m);
+                        let _ = first_tx.send(at);
+                        if at.1 == 0 {
+                            // The first message of each partition runs until the test opens the gate.
+                            let _ = held.acquire().await;
+                        }
+                        Ok::<(), HandlerError>(())
+                    }
+                }),
+        )
         // Far longer than the test: only the settlements can end the handover.
         .drain_timeout(Duration::from_secs(120))
         .connect(&env.url)
         .await
         .expect("first member");
-    let publisher = first.publisher();
-    let mut per_partition = [0i64; 2];
-    for key in 0.. {
-        let origin = publisher
-            .send(Message::new(topic.as_str(), "x").with_key(format!("k{key}")))
-            .await
-            .expect("publish");
-        per_partition[origin.partition.expect("a partition") as usize] += 1;
-        if per_partition.iter().all(|n| *n >= PER_PARTITION) {
-            break;
-        }
-    }
+    let (per_partition, _) = fill_both_partitions(&first, &topic, PER_PARTITION).await;
     let mut running: Vec<(i32, i64)> = first_seen.take(2, "both first messages run").await;
     running.sort();
     assert_eq!(running, [(0, 0), (1, 0)]);
 
     // Joining moves one partition (cooperative-sticky) to the second member, once the first
     // member's handler on it finished.
-    let second = env
-        .start(vec![two_partitions().name("member").handler(
-            move |m: Message| {
-                let _ = second_tx.send(place(&m));
-                std::future::ready(Ok::<(), HandlerError>(()))
-            },
-        )])
-        .await;
-    wait_stats(
-        &first,
-        "the rebalance asks the first member for a partition",
-        tokio::time::Instant::now() + PATIENCE,
-        |s| s.handovers > 0,
-    )
-    .await;
+    let (second, mut second_seen) = join_second_member(&env, &first, &topic, &group).await;
     gate.close();
 
     let (moved, offset) = second_seen.next("the moved partition's next owner").await;
@@ -322,58 +346,41 @@ async fn a_nack_during_a_handover_ends_its_drain() {
     let (topic, group) = (env.unique("handover-nack"), env.unique("g"));
     let gate = Arc::new(Semaphore::new(0));
     let (first_tx, mut first_seen) = Inbox::new();
-    let (second_tx, mut second_seen) = Inbox::new();
     let held = Arc::clone(&gate);
     let failed = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
-    let two_partitions = || {
-        Subscription::builder([topic.as_str()])
-            .group(&group)
-            .partitions(2)
-    };
-    let place = |m: &Message| (m.origin().partition.unwrap(), m.origin().offset.unwrap());
     let first = App::builder()
-        .subscribe(two_partitions().name("member").handler(move |m: Message| {
-            let (held, first_tx, failed) =
-                (Arc::clone(&held), first_tx.clone(), Arc::clone(&failed));
-            async move {
-                let at = place(&m);
-                let _ = first_tx.send(at);
-                // The first delivery of a "block" message waits for the test, then fails
-                // transiently: with no retry policy, that is a nack.
-                if m.payload() == "block" && failed.lock().unwrap().insert(at) {
-                    let _ = held.acquire().await;
-                    return Err(HandlerError::transient(std::io::Error::other("once")));
-                }
-                Ok(())
-            }
-        }))
+        .subscribe(
+            two_partitions(&topic, &group)
+                .name("member")
+                .handler(move |m: Message| {
+                    let (held, first_tx, failed) =
+                        (Arc::clone(&held), first_tx.clone(), Arc::clone(&failed));
+                    async move {
+                        let at = place(&m);
+                        let _ = first_tx.send(at);
+                        // The first delivery of a "block" message waits for the test, then fails
+                        // transiently: with no retry policy, that is a nack.
+                        if m.payload() == "block" && failed.lock().unwrap().insert(at) {
+                            let _ = held.acquire().await;
+                            return Err(HandlerError::transient(std::io::Error::other("once")));
+                        }
+                        Ok(())
+                    }
+                }),
+        )
         // Far longer than the test's patience: only the nack can end the handover in time.
         .drain_timeout(Duration::from_secs(120))
         .connect(&env.url)
         .await
         .expect("first member");
     // Keyed messages until each partition has one, handled at once: that finds a key of each.
-    let publisher = first.publisher();
-    let mut key_of = [None, None];
-    let mut per_partition = [0i64; 2];
-    for key in 0.. {
-        let key = format!("k{key}");
-        let origin = publisher
-            .send(Message::new(topic.as_str(), "x").with_key(key.clone()))
-            .await
-            .expect("publish");
-        let p = origin.partition.expect("a partition") as usize;
-        per_partition[p] += 1;
-        key_of[p].get_or_insert(key);
-        if key_of.iter().all(Option::is_some) {
-            break;
-        }
-    }
+    let (per_partition, key_of) = fill_both_partitions(&first, &topic, 1).await;
     wait_committed(&env, &group, &topic, &per_partition).await;
     let _ = first_seen.drain_ready();
     // Then one "block" message in each: the only work of each partition, so nothing fetched
     // behind it could end a drain.
-    for key in key_of.iter().flatten() {
+    let publisher = first.publisher();
+    for key in &key_of {
         publisher
             .send(Message::new(topic.as_str(), "block").with_key(key.clone()))
             .await
@@ -387,21 +394,7 @@ async fn a_nack_during_a_handover_ends_its_drain() {
         "the last message of each partition blocks"
     );
 
-    let second = env
-        .start(vec![two_partitions().name("member").handler(
-            move |m: Message| {
-                let _ = second_tx.send(place(&m));
-                std::future::ready(Ok::<(), HandlerError>(()))
-            },
-        )])
-        .await;
-    wait_stats(
-        &first,
-        "the rebalance asks the first member for a partition",
-        tokio::time::Instant::now() + PATIENCE,
-        |s| s.handovers > 0,
-    )
-    .await;
+    let (second, mut second_seen) = join_second_member(&env, &first, &topic, &group).await;
     gate.close();
 
     // The failed message was not committed: the next owner starts at it.
@@ -420,16 +413,9 @@ async fn a_handover_cuts_a_retry_backoff_short() {
     let env = Env::kafka();
     let (topic, group) = (env.unique("handover-retry"), env.unique("g"));
     let (first_tx, mut first_seen) = Inbox::new();
-    let (second_tx, mut second_seen) = Inbox::new();
-    let two_partitions = || {
-        Subscription::builder([topic.as_str()])
-            .group(&group)
-            .partitions(2)
-    };
-    let place = |m: &Message| (m.origin().partition.unwrap(), m.origin().offset.unwrap());
     let first = App::builder()
         .subscribe(
-            two_partitions()
+            two_partitions(&topic, &group)
                 .name("member")
                 // A backoff far longer than the test's patience.
                 .retry(anybus::RetrySpec {
@@ -452,30 +438,12 @@ async fn a_handover_cuts_a_retry_backoff_short() {
         .await
         .expect("first member");
     // Keyed messages until each partition has one; each fails and waits for its retry.
-    let publisher = first.publisher();
-    let mut per_partition = [0i64; 2];
-    for key in 0.. {
-        let origin = publisher
-            .send(Message::new(topic.as_str(), "x").with_key(format!("k{key}")))
-            .await
-            .expect("publish");
-        per_partition[origin.partition.expect("a partition") as usize] += 1;
-        if per_partition.iter().all(|n| *n > 0) {
-            break;
-        }
-    }
+    let (per_partition, _) = fill_both_partitions(&first, &topic, 1).await;
     let mut waiting: Vec<(i32, i64)> = first_seen.take(2, "both first messages fail").await;
     waiting.sort();
     assert_eq!(waiting, [(0, 0), (1, 0)]);
 
-    let second = env
-        .start(vec![two_partitions().name("member").handler(
-            move |m: Message| {
-                let _ = second_tx.send(place(&m));
-                std::future::ready(Ok::<(), HandlerError>(()))
-            },
-        )])
-        .await;
+    let (second, mut second_seen) = join_second_member(&env, &first, &topic, &group).await;
     // Without the cut, the handover would wait out the 600 s backoff (or drain).
     let (moved, offset) = second_seen.next("the moved partition's next owner").await;
     assert_eq!(offset, 0, "the message that waited for its retry");
