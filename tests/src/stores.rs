@@ -92,6 +92,30 @@ pub async fn concurrent_reservations_of_many_keys_give_one_fresh_per_key(
     }
 }
 
+/// Reserves `key` for `holder` again and again until it comes back `Fresh` (whatever held it
+/// ran out), failing with `never` once the patience counted from `since` is spent.
+async fn reserve_until_fresh(
+    store: &dyn DedupStore,
+    group: &str,
+    key: &str,
+    holder: &str,
+    lease: Duration,
+    since: Instant,
+    never: &str,
+) {
+    loop {
+        let found = store
+            .reserve(group, key, holder, lease)
+            .await
+            .expect("reserve");
+        if found == Reservation::Fresh {
+            return;
+        }
+        assert!(since.elapsed() < PATIENCE, "{never}");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// A lease holds off other reservers until it runs out, and not longer.
 pub async fn an_expired_lease_lets_the_next_reserver_in(store: Arc<dyn DedupStore>) {
     let group = MessageId::new().to_string();
@@ -106,17 +130,16 @@ pub async fn an_expired_lease_lets_the_next_reserver_in(store: Arc<dyn DedupStor
         Some(Reservation::InProgress)
     );
     // Ask until the server lets the lease go; it must not before the lease ran out.
-    loop {
-        let found = store
-            .reserve(&group, "k", "h", lease)
-            .await
-            .expect("reserve");
-        if found == Reservation::Fresh {
-            break;
-        }
-        assert!(taken.elapsed() < PATIENCE, "the lease never expired");
-        tokio::task::yield_now().await;
-    }
+    reserve_until_fresh(
+        &*store,
+        &group,
+        "k",
+        "h",
+        lease,
+        taken,
+        "the lease never expired",
+    )
+    .await;
     assert!(
         taken.elapsed() >= lease,
         "taken over after {:?}",
@@ -146,17 +169,16 @@ pub async fn a_renewed_lease_lasts_until_renewals_stop(store: Arc<dyn DedupStore
     }
     let last = Instant::now();
     store.extend(&group, "k", "h", lease).await.expect("extend");
-    loop {
-        let found = store
-            .reserve(&group, "k", "h", lease)
-            .await
-            .expect("reserve");
-        if found == Reservation::Fresh {
-            break;
-        }
-        assert!(last.elapsed() < PATIENCE, "the lease never ran out");
-        tokio::task::yield_now().await;
-    }
+    reserve_until_fresh(
+        &*store,
+        &group,
+        "k",
+        "h",
+        lease,
+        last,
+        "the lease never ran out",
+    )
+    .await;
     assert!(
         last.elapsed() >= lease,
         "ran out after {:?}",
@@ -197,17 +219,16 @@ pub async fn a_lease_is_its_holders_alone(store: Arc<dyn DedupStore>) {
     );
     // The old holder's lease runs out, and a new holder takes the key, for long.
     let taken = Instant::now();
-    loop {
-        let found = store
-            .reserve(&group, "k", "new", long)
-            .await
-            .expect("reserve");
-        if found == Reservation::Fresh {
-            break;
-        }
-        assert!(taken.elapsed() < PATIENCE, "the lease never ran out");
-        tokio::task::yield_now().await;
-    }
+    reserve_until_fresh(
+        &*store,
+        &group,
+        "k",
+        "new",
+        long,
+        taken,
+        "the lease never ran out",
+    )
+    .await;
     // Late, the old holder releases: that leaves the new holder's lease alone.
     store.release(&group, "k", "old").await.expect("release");
     assert_eq!(
@@ -228,20 +249,16 @@ pub async fn a_lease_is_its_holders_alone(store: Arc<dyn DedupStore>) {
         .await
         .expect("extend");
     let taken = Instant::now();
-    loop {
-        let found = store
-            .reserve(&group, "k", "third", short)
-            .await
-            .expect("reserve");
-        if found == Reservation::Fresh {
-            break;
-        }
-        assert!(
-            taken.elapsed() < PATIENCE,
-            "the old holder renewed the new holder's lease"
-        );
-        tokio::task::yield_now().await;
-    }
+    reserve_until_fresh(
+        &*store,
+        &group,
+        "k",
+        "third",
+        short,
+        taken,
+        "the old holder renewed the new holder's lease",
+    )
+    .await;
 }
 
 /// A release frees a lease at once but never undoes a completion; groups are apart.
