@@ -232,6 +232,21 @@ pub trait Settler: Send + Sync {
     fn nack(&self, receipt: &Receipt);
 }
 
+/// Resolves once `done` holds, looking again each time `changed` is notified. The wait is
+/// registered before each look, so a change between the look and the wait is not missed. The
+/// Kafka and memory settlers answer [`Settler::stopped`] with it.
+pub(crate) async fn once(changed: &tokio::sync::Notify, mut done: impl FnMut() -> bool) {
+    loop {
+        let notified = changed.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if done() {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// Connects to the broker the URL names.
 pub(crate) async fn connect(url: &BrokerUrl) -> Result<Arc<dyn Backend>, ConnectError> {
     match url.scheme() {

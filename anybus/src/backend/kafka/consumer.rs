@@ -160,17 +160,9 @@ impl Settler for Shared {
     }
 
     fn stopped<'a>(&'a self, receipt: &'a Receipt) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            loop {
-                let notified = self.stopped.notified();
-                let mut notified = std::pin::pin!(notified);
-                notified.as_mut().enable();
-                if !self.lock().may_start(receipt) {
-                    return;
-                }
-                notified.await;
-            }
-        })
+        Box::pin(crate::backend::once(&self.stopped, move || {
+            !self.lock().may_start(receipt)
+        }))
     }
 }
 

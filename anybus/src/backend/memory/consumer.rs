@@ -214,19 +214,9 @@ impl Settler for Member {
     }
 
     fn stopped<'a>(&'a self, receipt: &'a Receipt) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            loop {
-                let notified = self.notify.notified();
-                let mut notified = std::pin::pin!(notified);
-                notified.as_mut().enable();
-                let may_start = Self::live_slot(&mut self.lock(), receipt)
-                    .is_some_and(|s| s.revoke_deadline.is_none());
-                if !may_start {
-                    return;
-                }
-                notified.await;
-            }
-        })
+        Box::pin(crate::backend::once(&self.notify, move || {
+            Self::live_slot(&mut self.lock(), receipt).is_none_or(|s| s.revoke_deadline.is_some())
+        }))
     }
 
     fn try_start(&self, receipt: &Receipt) -> bool {
