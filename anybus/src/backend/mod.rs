@@ -196,6 +196,22 @@ pub trait Consumer: Send {
     /// The handle that settles this consumer's deliveries; shared with the workers.
     fn settler(&self) -> Arc<dyn Settler>;
 
+    /// Stops fetching the partition (RabbitMQ: queue) whose deliveries carry receipt slot
+    /// `slot`, until [`Consumer::resume`]: the runtime holds as many of its deliveries as it
+    /// may, and the partition must wait without holding back the others. Deliveries of it
+    /// fetched already may still arrive; the backend keeps that bounded (a paused partition
+    /// stays paused across a rebalance that keeps it). By default nothing, for a backend whose
+    /// broker bounds the unacknowledged deliveries of each partition (RabbitMQ's prefetch).
+    fn pause(&mut self, slot: u32) {
+        let _ = slot;
+    }
+
+    /// Fetches the partition of `slot` again after [`Consumer::pause`], from the first
+    /// delivery not yet returned. Resuming a partition that is not paused does nothing.
+    fn resume(&mut self, slot: u32) {
+        let _ = slot;
+    }
+
     /// Commits what is complete and leaves the group. In-flight work should be drained first.
     fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), BackendError>>;
 }
