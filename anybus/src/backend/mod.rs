@@ -51,6 +51,13 @@ pub enum BackendError {
         /// What went wrong.
         reason: String,
     },
+    /// The runtime stopped consuming for a subscription before it was told to shut down: a
+    /// lane or worker task ended.
+    #[error("it stopped consuming: {reason}")]
+    Stopped {
+        /// What ended, and how.
+        reason: String,
+    },
 }
 
 /// Why a publish was not confirmed.

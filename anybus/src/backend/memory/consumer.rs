@@ -36,6 +36,9 @@ struct MemberState {
     closed: bool,
     /// Slots were added or removed since the assignment was last reported.
     reassigned: bool,
+    /// Slot keys the runtime paused ([`Consumer::pause`]): not read until resumed. Kept apart
+    /// from the slots, so that a pause outlives a handover and comes back with the partition.
+    paused: Vec<u32>,
 }
 
 /// The part of a member that workers settle through.
@@ -160,7 +163,7 @@ impl Member {
                 break;
             }
             let slot = &mut st.slots[(rotate + i) % n];
-            if slot.revoke_deadline.is_some() {
+            if slot.revoke_deadline.is_some() || st.paused.contains(&slot.key) {
                 continue;
             }
             let log = &self.groups[slot.group].topic.partitions[slot.partition];
@@ -292,6 +295,7 @@ impl MemoryConsumer {
                 synced: vec![u64::MAX; groups.len()],
                 closed: false,
                 reassigned: false,
+                paused: Vec::new(),
             }),
             groups,
             notify,
@@ -319,6 +323,13 @@ impl MemoryConsumer {
                 let mut st = self.member.lock();
                 if st.closed {
                     return Err(BackendError::Closed { backend: "memory" });
+                }
+                if self.member.groups.iter().any(|g| g.is_disconnected()) {
+                    return Err(BackendError::Broker {
+                        backend: "memory",
+                        reason: "the consumer group was disconnected (MemoryBroker::disconnect)"
+                            .into(),
+                    });
                 }
                 self.member.sync(&mut st, now);
                 let deadline = self.member.release_drained(&mut st, now);
@@ -353,6 +364,19 @@ impl Consumer for MemoryConsumer {
 
     fn settler(&self) -> Arc<dyn Settler> {
         Arc::clone(&self.member) as Arc<dyn Settler>
+    }
+
+    fn pause(&mut self, slot: u32) {
+        let mut st = self.member.lock();
+        if !st.paused.contains(&slot) {
+            st.paused.push(slot);
+        }
+    }
+
+    fn resume(&mut self, slot: u32) {
+        // The next poll reads it; nothing waits to be woken, since the runtime resumes between
+        // polls.
+        self.member.lock().paused.retain(|s| *s != slot);
     }
 
     fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), BackendError>> {

@@ -22,6 +22,9 @@ pub(super) struct TopicGroup {
     /// The next offset the group reads, per partition.
     committed: Vec<AtomicI64>,
     state: Mutex<Assignment>,
+    /// Set by [`MemoryBroker::disconnect`](super::MemoryBroker::disconnect): the members' polls
+    /// fail.
+    disconnected: std::sync::atomic::AtomicBool,
 }
 
 /// Ownership of the partitions.
@@ -48,7 +51,18 @@ impl TopicGroup {
                 target: vec![None; n],
                 generation: vec![0; n],
             }),
+            disconnected: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Cuts the group's members off: their polls fail from now on.
+    pub(super) fn disconnect(&self) {
+        self.disconnected.store(true, Ordering::Release);
+    }
+
+    /// Whether [`TopicGroup::disconnect`] was called.
+    pub(super) fn is_disconnected(&self) -> bool {
+        self.disconnected.load(Ordering::Acquire)
     }
 
     pub(super) fn version(&self) -> u64 {

@@ -141,6 +141,20 @@ impl MemoryBroker {
         all
     }
 
+    /// Cuts every member of `group` off, as a broker that dropped their connections for good
+    /// would: their polls fail from now on, and so do the subscriptions they serve. A fault for
+    /// tests of what an app does when a subscription stops under it.
+    pub fn disconnect(&self, group: &str) {
+        let groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        for ((name, _), topic_group) in groups.iter() {
+            if name == group {
+                topic_group.disconnect();
+            }
+        }
+        drop(groups);
+        self.notify.notify_waiters();
+    }
+
     /// One past the last offset of each partition of a topic.
     pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
         self.topic(topic)
@@ -336,6 +350,29 @@ mod tests {
                 "{offsets:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_paused_partition_is_not_read_until_resumed() {
+        let url = BrokerUrl::parse("memory://unit-pause?partitions=2").unwrap();
+        let backend = MemoryBackend::connect(&url).unwrap();
+        let mut one = backend.consume(config("g", Duration::ZERO)).await.unwrap();
+        let paused = one.settler();
+        for _ in 0..4 {
+            backend.broker().append(Message::new("t", "x"));
+        }
+        // Slot keys are `group << 16 | partition`: partition 0 of the only topic is slot 0.
+        one.pause(0);
+        let mut first = Vec::new();
+        one.poll(&mut first).await.unwrap();
+        assert_eq!(places(&first), [(1, 0), (1, 1)], "only the unpaused partition");
+        for d in &first {
+            paused.ack(&d.receipt);
+        }
+        one.resume(0);
+        let mut second = Vec::new();
+        one.poll(&mut second).await.unwrap();
+        assert_eq!(places(&second), [(0, 0), (0, 1)], "from where it was paused");
     }
 
     #[tokio::test]
