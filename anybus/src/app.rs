@@ -26,7 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::backend::{self, Backend, BackendError, ConsumerConfig, TopicSpec};
@@ -227,6 +227,15 @@ impl AppBuilder {
         let replies = Arc::new(Replies::new(reply_topic.clone()));
         let publisher = Publisher::new(Arc::clone(&backend), Arc::clone(&replies));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        let dead_letters: Arc<[String]> = self
+            .subscriptions
+            .iter()
+            .filter_map(|s| match &s.spec().dead_letter {
+                DeadLetter::Topic(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
         let state = Arc::new(self.state);
         let mut running = Vec::new();
 
@@ -246,7 +255,12 @@ impl AppBuilder {
                 subscription: "replies".into(),
                 source,
             })?;
-        let reply_task = tokio::spawn(receive_replies(reply_consumer, replies, stop_rx.clone()));
+        let reply_task = tokio::spawn(watched(
+            "replies".into(),
+            receive_replies(reply_consumer, replies, stop_rx.clone()),
+            stop_rx.clone(),
+            ended_tx.clone(),
+        ));
 
         for sub in self.subscriptions {
             let spec = sub.spec().clone();
@@ -256,11 +270,11 @@ impl AppBuilder {
                 .consume(ConsumerConfig {
                     group: spec.group.clone(),
                     topics: spec.topics.iter().chain(&retries).cloned().collect(),
-                    batch: self.batch,
+                    batch: batch(&spec, self.batch, self.max_buffered),
                     prefetch: prefetch(&spec, self.max_buffered),
                     drain_timeout: self.drain_timeout,
                     stats: Arc::clone(&stats),
-                    delayed: retries,
+                    delayed: retries.clone(),
                 })
                 .await
                 .map_err(|source| StartError::Backend {
@@ -276,9 +290,11 @@ impl AppBuilder {
                     publisher: publisher.clone(),
                     state: Arc::clone(&state),
                     stats: Arc::clone(&stats),
-                    retry: spec.retry.clone(),
+                    retry: spec.retry.clone().unwrap_or_default(),
                     dead_letter: spec.dead_letter.clone(),
+                    retry_topics: retries.clone(),
                     patterns: spec.topics.iter().any(|t| t.contains(['*', '#'])),
+                    dead_letters: Arc::clone(&dead_letters),
                     shutdown: stop_rx.clone(),
                     dedup: spec
                         .dedup
@@ -293,11 +309,16 @@ impl AppBuilder {
                 }),
                 ordering: spec.ordering,
                 concurrency: spec.concurrency,
-                batch: self.batch,
+                batch: batch(&spec, self.batch, self.max_buffered),
                 drain_timeout: self.drain_timeout,
                 max_buffered: self.max_buffered,
             };
-            let task = tokio::spawn(dispatch.run(consumer, stop_rx.clone()));
+            let task = tokio::spawn(watched(
+                spec.name.clone(),
+                dispatch.run(consumer, stop_rx.clone()),
+                stop_rx.clone(),
+                ended_tx.clone(),
+            ));
             running.push(Running { spec, stats, task });
         }
         tracing::info!(broker = %url, subscriptions = running.len(), "anybus app started");
@@ -308,8 +329,29 @@ impl AppBuilder {
             running,
             reply_task,
             reply_topic,
+            ended: ended_rx,
         })
     }
+}
+
+/// Runs a subscription's consuming task, and tells `ended` (with the subscription's name) when
+/// it ends before the app was told to stop: that is a failure whatever the task returned, and
+/// [`App::run`] must not go on as if the subscription were consuming.
+async fn watched(
+    name: String,
+    task: impl std::future::Future<Output = Result<(), BackendError>>,
+    stop: watch::Receiver<bool>,
+    ended: mpsc::UnboundedSender<String>,
+) -> Result<(), BackendError> {
+    let result = task.await;
+    if *stop.borrow() {
+        return result;
+    }
+    let result = result.and(Err(BackendError::Stopped {
+        reason: "its consuming task ended before the app was shut down".into(),
+    }));
+    let _ = ended.send(name);
+    result
 }
 
 /// The retry topics a subscription consumes beside its own under redeliver-later retries: its
@@ -326,6 +368,15 @@ fn retry_topics(spec: &SubscriptionSpec) -> Vec<String> {
         .iter()
         .map(|t| redeliver::retry_topic(t, &spec.group))
         .collect()
+}
+
+/// The most deliveries one poll returns for a subscription: the app's batch, and under key
+/// ordering never more than the buffer cap, which a poll must fit under whole.
+fn batch(spec: &SubscriptionSpec, batch: usize, max_buffered: usize) -> usize {
+    match spec.ordering {
+        Ordering::Key => batch.min(max_buffered.max(spec.concurrency)),
+        _ => batch,
+    }
 }
 
 /// The window of unacknowledged deliveries a subscription asks the broker for: twice its
@@ -448,6 +499,8 @@ pub struct App {
     running: Vec<Running>,
     reply_task: JoinHandle<Result<(), BackendError>>,
     reply_topic: String,
+    /// Names the subscriptions whose consuming task ended before shutdown.
+    ended: mpsc::UnboundedReceiver<String>,
 }
 
 /// Asks a running app to shut down gracefully; cheap to clone.
@@ -568,11 +621,19 @@ impl App {
     }
 
     /// Runs until Ctrl-C, SIGTERM or a [`ShutdownHandle`], then shuts down gracefully.
-    pub async fn run(self) -> Result<(), RunError> {
+    ///
+    /// A subscription that stops consuming for any other reason (its broker connection failed
+    /// for good, a task of the runtime ended) ends the run too: the app shuts down the others
+    /// and returns the [`RunError`] that names it, so that the process exits instead of
+    /// running on without consuming.
+    pub async fn run(mut self) -> Result<(), RunError> {
         let mut stop = self.stop.subscribe();
         tokio::select! {
             () = signal() => tracing::info!("shutdown signal received"),
             _ = stop.wait_for(|s| *s) => {}
+            Some(name) = self.ended.recv() => {
+                tracing::error!(subscription = %name, "a subscription stopped consuming; shutting the app down");
+            }
         }
         self.shutdown().await
     }

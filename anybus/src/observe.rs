@@ -61,6 +61,8 @@ pub struct SubscriptionStats {
     pub peak_buffered: AtomicU64,
     /// Times the Kafka consumer paused fetching because the runtime had no room.
     pub fetch_pauses: AtomicU64,
+    /// Times one partition was paused because its lane was full, while the others went on.
+    pub lane_pauses: AtomicU64,
 }
 
 impl Default for SubscriptionStats {
@@ -82,6 +84,7 @@ impl Default for SubscriptionStats {
             held_back: watch::Sender::new(false),
             peak_buffered: AtomicU64::default(),
             fetch_pauses: AtomicU64::default(),
+            lane_pauses: AtomicU64::default(),
         }
     }
 }
@@ -105,6 +108,7 @@ impl SubscriptionStats {
             handovers: get(&self.handovers),
             peak_buffered: get(&self.peak_buffered),
             fetch_pauses: get(&self.fetch_pauses),
+            lane_pauses: get(&self.lane_pauses),
         }
     }
 
@@ -177,6 +181,8 @@ pub struct StatsSnapshot {
     pub peak_buffered: u64,
     /// See [`SubscriptionStats::fetch_pauses`].
     pub fetch_pauses: u64,
+    /// See [`SubscriptionStats::lane_pauses`].
+    pub lane_pauses: u64,
 }
 
 /// The span one delivery is handled in. Costs one branch when no subscriber listens.

@@ -71,6 +71,19 @@ pub enum RetryMode {
 }
 
 /// The retry policy of a subscription.
+///
+/// A subscription that names none gets [`RetrySpec::default`]: 3 attempts in all, in process,
+/// 100 ms then 200 ms apart (each wait doubled, capped at 30 s, plus a random part of up to the
+/// wait again), then the dead letter with reason `attempts-exhausted`. Nothing is ever tried
+/// again without a backoff, and nothing is tried forever unless asked: [`RetrySpec::forever`].
+///
+/// ```
+/// use anybus::{RetryMode, RetrySpec};
+///
+/// let patient = RetrySpec { max_attempts: 10, ..RetrySpec::default() };
+/// assert_eq!(patient.mode, RetryMode::InProcess);
+/// assert_eq!(RetrySpec::forever().max_attempts, u32::MAX);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetrySpec {
     /// Attempts in all, the first included.
@@ -85,6 +98,19 @@ pub struct RetrySpec {
     pub jitter: bool,
     /// Where a retried message waits.
     pub mode: RetryMode,
+}
+
+impl RetrySpec {
+    /// Retries a transient failure for as long as it lasts (`u32::MAX` attempts), with the
+    /// default backoff: for a handler whose failures always pass (a database that comes back),
+    /// where holding its partition or key back is better than a dead letter. A permanent
+    /// failure still goes to the dead letter at once.
+    pub fn forever() -> Self {
+        Self {
+            max_attempts: u32::MAX,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for RetrySpec {
@@ -196,7 +222,7 @@ pub struct SubscriptionSpec {
     pub ordering: Ordering,
     /// Partitions to create a topic with when it does not exist yet.
     pub partitions: Option<u32>,
-    /// Retry policy; `None` means a transient failure is redelivered by the broker.
+    /// Retry policy; `None` means the default one, [`RetrySpec::default`].
     pub retry: Option<RetrySpec>,
     /// Where failed messages go. Anything but the default is not yet supported.
     pub dead_letter: DeadLetter,

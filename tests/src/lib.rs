@@ -18,7 +18,10 @@ use tokio::sync::{mpsc, Barrier, Semaphore};
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod promise;
 pub mod stores;
+
+pub use promise::*;
 
 /// How long a test waits for an event before it fails. A bound on failure, not a sleep.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -339,8 +342,9 @@ pub async fn members_of_a_group_split_the_messages(env: &Env) {
     );
 }
 
-/// A message whose handler failed transiently is delivered again, and then succeeds.
-pub async fn failed_message_is_delivered_again(env: &Env) {
+/// A message whose handler failed transiently is tried again (by the default retry policy: a
+/// subscription names none), and then succeeds.
+pub async fn failed_message_is_tried_again(env: &Env) {
     let topic = env.unique("redeliver");
     let failed_once = Arc::new(Mutex::new(BTreeSet::new()));
     let (tx, mut inbox) = Inbox::new();
@@ -373,7 +377,8 @@ pub async fn failed_message_is_delivered_again(env: &Env) {
     assert_eq!(succeeded, sent.iter().copied().collect());
     assert_eq!(failed_once.lock().expect("lock").len(), sent.len());
     let stats = app.stats()[0].stats;
-    assert_eq!(stats.transient_failures, sent.len() as u64);
+    assert_eq!(stats.retries, sent.len() as u64, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
     app.shutdown().await.expect("shutdown");
 }
 
@@ -933,10 +938,12 @@ pub async fn failed_message_blocks_only_its_key(env: &Env) {
 }
 
 /// Under key ordering, a hot key whose handler is stuck makes the subscription stop fetching
-/// once it holds `max_buffered` deliveries (plus at most one batch), and fetching resumes as the
-/// key drains: every message is then handled, in order. Returns the subscription's counters.
+/// before it would hold more than `max_buffered` deliveries, and fetching resumes as the key
+/// drains: every message is then handled, in order. Returns the subscription's counters.
 pub async fn a_hot_key_holds_back_fetching_within_the_cap(env: &Env) -> StatsSnapshot {
-    const CAP: usize = 8;
+    // A cap that is not a multiple of the batch: a loop that admitted whole batches while
+    // under the cap went past it.
+    const CAP: usize = 6;
     const BATCH: usize = 4;
     const MESSAGES: usize = 100;
     let topic = env.unique("hot-key");
@@ -971,8 +978,8 @@ pub async fn a_hot_key_holds_back_fetching_within_the_cap(env: &Env) -> StatsSna
         .expect("the subscription stopped");
     let peak = app.stats()[0].stats.peak_buffered;
     assert!(
-        (peak as usize) < CAP + BATCH,
-        "{peak} deliveries held, more than the cap of {CAP} plus a batch of {BATCH}"
+        (peak as usize) <= CAP,
+        "{peak} deliveries held, more than the cap of {CAP}"
     );
     gate.add_permits(Semaphore::MAX_PERMITS);
     let got = inbox.take(MESSAGES, "the hot key's messages").await;
@@ -987,7 +994,7 @@ pub async fn a_hot_key_holds_back_fetching_within_the_cap(env: &Env) -> StatsSna
         .collect();
     assert_eq!(seqs, (0..MESSAGES).collect::<Vec<_>>(), "the key's order");
     let stats = app.stats()[0].stats;
-    assert!((stats.peak_buffered as usize) < CAP + BATCH, "{stats:?}");
+    assert!((stats.peak_buffered as usize) <= CAP, "{stats:?}");
     app.shutdown().await.expect("shutdown");
     stats
 }
@@ -1713,7 +1720,7 @@ macro_rules! conformance_suite {
             round_trip_keeps_key_and_headers,
             every_group_gets_every_message,
             members_of_a_group_split_the_messages,
-            failed_message_is_delivered_again,
+            failed_message_is_tried_again,
             partition_order_is_kept,
             unordered_runs_up_to_concurrency,
             shutdown_drains_and_loses_nothing,
@@ -1735,6 +1742,13 @@ macro_rules! conformance_suite {
             a_message_without_its_dedup_key_is_dead_lettered,
             a_panicking_handler_is_a_permanent_failure,
             a_slow_handler_keeps_its_dedup_key,
+            a_failing_message_backs_off_and_is_dead_lettered_by_default,
+            retry_forever_keeps_trying_with_backoff,
+            a_panicking_dedup_key_function_is_a_permanent_failure,
+            an_undecodable_payload_under_field_dedup_is_a_decode_failure,
+            retry_headers_on_an_ordinary_message_steer_nothing,
+            a_full_partition_holds_back_only_itself,
+            a_waiting_retry_copy_holds_no_worker,
         );
         // Bodies that need the PostgreSQL that `tests/brokers.sh up postgres` starts.
         $crate::conformance_suite!(@postgres $env;

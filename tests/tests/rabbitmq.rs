@@ -241,3 +241,35 @@ async fn a_pattern_subscription_skips_its_own_dead_letters() {
     );
     app.shutdown().await.expect("shutdown");
 }
+
+/// A pattern subscription handles every user topic it matches, also those whose names merely
+/// look like anybus's helper topics (`….retry.…`, `….dlq`, `….wait`): only a message that is a
+/// dead letter or another group's retry copy by its headers too is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_handles_topics_that_only_look_like_helpers() {
+    use anybus::{HandlerError, Message, Subscription};
+    let env = anybus_conformance::Env::rabbitmq();
+    let prefix = env.unique("lookalike");
+    let (tx, mut handled) = anybus_conformance::Inbox::new();
+    let app = env
+        .start(vec![Subscription::builder([format!("{prefix}.#")])
+            .name("pattern")
+            .group(env.unique("g"))
+            .handler(move |m: Message| {
+                let _ = tx.send(m.topic().to_owned());
+                std::future::ready(Ok::<(), HandlerError>(()))
+            })])
+        .await;
+    let topics: Vec<String> = ["retry.requested", "refunds.dlq", "jobs.wait", "end"]
+        .iter()
+        .map(|t| format!("{prefix}.{t}"))
+        .collect();
+    for topic in &topics {
+        app.publisher()
+            .send(Message::new(topic.as_str(), "x"))
+            .await
+            .expect("publish");
+    }
+    assert_eq!(handled.take(topics.len(), "every user topic").await, topics);
+    app.shutdown().await.expect("shutdown");
+}

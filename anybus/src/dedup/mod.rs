@@ -206,34 +206,60 @@ fn scrub(url: &str, text: &str) -> String {
 /// offset, so redeliveries of the record share it, but the same event produced twice does not.
 /// A RabbitMQ message without a `message-id` gets a fresh id on every delivery. Deduplicate
 /// such topics by a field or a header.)
-pub fn key_of(message: &Message, by: &DedupKey) -> Result<String, String> {
+pub fn key_of(message: &Message, by: &DedupKey) -> Result<String, KeyError> {
     match by {
         DedupKey::MessageId => Ok(message.id().to_string()),
         DedupKey::Header(name) => message
             .headers()
             .get_str(name)
             .map(str::to_owned)
-            .ok_or_else(|| format!("the message has no header `{name}` to deduplicate by")),
-        DedupKey::Function(f) => f
-            .key(message)
-            .ok_or_else(|| format!("the dedup key function `{}` found no key", f.name())),
+            .ok_or_else(|| {
+                KeyError::Missing(format!(
+                    "the message has no header `{name}` to deduplicate by"
+                ))
+            }),
+        DedupKey::Function(f) => f.key(message).ok_or_else(|| {
+            KeyError::Missing(format!(
+                "the dedup key function `{}` found no key",
+                f.name()
+            ))
+        }),
         DedupKey::Field(field) => {
             let value: serde_json::Value =
-                serde_json::from_slice(message.payload()).map_err(|e| {
-                    format!("the payload is not JSON, so it has no field `{field}`: {e}")
+                serde_json::from_slice(message.payload()).map_err(|e| KeyError::NotJson {
+                    field: field.clone(),
+                    reason: e.to_string(),
                 })?;
             let found = field
                 .split('.')
                 .try_fold(&value, |inside, name| inside.get(name));
             match found {
                 Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(serde_json::Value::Null) | None => Err(format!(
+                Some(serde_json::Value::Null) | None => Err(KeyError::Missing(format!(
                     "the payload has no field `{field}` to deduplicate by"
-                )),
+                ))),
                 Some(other) => Ok(other.to_string()),
             }
         }
     }
+}
+
+/// Why a message has no dedup key ([`key_of`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key is a field of the JSON payload, and the payload is not JSON: an undecodable
+    /// payload, dead-lettered as one (reason `decode`).
+    #[error("the payload is not JSON, so it has no field `{field}`: {reason}")]
+    NotJson {
+        /// The field the key is read from.
+        field: String,
+        /// What the JSON parser said.
+        reason: String,
+    },
+    /// The message lacks what its key is made from (a field, a header, the function's answer).
+    #[error("{0}")]
+    Missing(String),
 }
 
 #[cfg(test)]
@@ -270,12 +296,23 @@ mod tests {
             key_of(&m, &DedupKey::Field("order.lines.n".into())),
             Ok("2".into())
         );
-        let not_nested = key_of(&m, &DedupKey::Field("n.order_id".into())).expect_err("none");
+        let not_nested = key_of(&m, &DedupKey::Field("n.order_id".into()))
+            .expect_err("none")
+            .to_string();
         assert!(not_nested.contains("`n.order_id`"), "{not_nested}");
-        let missing = key_of(&m, &DedupKey::Field("sku".into())).expect_err("no sku");
+        let missing = key_of(&m, &DedupKey::Field("sku".into()))
+            .expect_err("no sku")
+            .to_string();
         assert!(missing.contains("`sku`"), "{missing}");
-        let no_header = key_of(&m, &DedupKey::Header("x-other".into())).expect_err("none");
+        let no_header = key_of(&m, &DedupKey::Header("x-other".into()))
+            .expect_err("none")
+            .to_string();
         assert!(no_header.contains("`x-other`"), "{no_header}");
+        let not_json = Message::new("orders", "not json");
+        assert!(matches!(
+            key_of(&not_json, &DedupKey::Field("order_id".into())),
+            Err(KeyError::NotJson { .. })
+        ));
         fn topic_and_key(m: &Message) -> Option<String> {
             let key = std::str::from_utf8(m.key()?).ok()?;
             Some(format!("{}/{key}", m.topic()))
@@ -283,10 +320,10 @@ mod tests {
         let by_function = DedupKey::function(topic_and_key);
         assert_eq!(
             key_of(&m, &by_function),
-            Err(format!(
+            Err(KeyError::Missing(format!(
                 "the dedup key function `{}` found no key",
                 std::any::type_name_of_val(&topic_and_key)
-            ))
+            )))
         );
         assert_eq!(
             key_of(&m.clone().with_key("k-1"), &by_function),

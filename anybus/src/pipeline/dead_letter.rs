@@ -62,6 +62,8 @@ pub(crate) fn destination(policy: &DeadLetter, topic: &str) -> Option<String> {
 /// What happened to a message that is given up on.
 pub(crate) struct Failure<'a> {
     pub(crate) error: &'a HandlerError,
+    /// The topic the message was first consumed from (for a retry copy, not the retry topic).
+    pub(crate) topic: &'a str,
     pub(crate) group: &'a str,
     pub(crate) attempts: u32,
     pub(crate) first_failure: SystemTime,
@@ -70,7 +72,7 @@ pub(crate) struct Failure<'a> {
 
 /// The dead letter of `message`, to be published to `to`.
 pub(crate) fn dead_letter(message: &Message, to: &str, failure: &Failure<'_>) -> Message {
-    let topic = redeliver::original_topic(message).to_owned();
+    let topic = failure.topic.to_owned();
     let mut headers = message.headers().clone();
     for name in [
         header::ATTEMPT,
@@ -163,6 +165,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(2_500);
         let failure = Failure {
             error: &error,
+            topic: "orders",
             group: "billing",
             attempts: 1,
             first_failure: first,

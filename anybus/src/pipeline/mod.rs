@@ -2,21 +2,22 @@
 //!
 //! [`ordering`] decides what may run at once and feeds deliveries to [`Worker::process`], which
 //! skips deliveries whose partition moved on, opens the delivery's span, runs the handler
-//! (which decodes the payload first), answers requests, and settles: ack on success; nack on a
-//! transient failure without a retry policy, so that the broker delivers it again; and for a
+//! (which decodes the payload first), answers requests, and settles: ack on success; and for a
 //! message given up on (a permanent failure, an undecodable payload, the last attempt failed)
-//! ack only once its dead letter (see [`dead_letter`]) was confirmed by the broker, or nack if
-//! it was not. With dead letters disabled the failure is logged with the message's origin and
-//! the message acked.
+//! ack only once its dead letter (see [`dead_letter`]) was confirmed by the broker, or nack it,
+//! after a backoff, if it was not. With dead letters disabled the failure is logged with the
+//! message's origin and the message acked. Nothing is nacked at once: a nack is a redelivery,
+//! and a redelivery without a backoff is a hot loop.
 //!
-//! With an in-process retry policy, a transient failure is tried again in place after a
-//! backoff, up to the policy's attempts: the message holds back only its own lane (partition,
-//! or key under key ordering). With a redeliver-later policy it is published to its group's
-//! retry topic instead (see [`redeliver`]). The attempt number is anybus's own count, never the
-//! broker's.
+//! Every subscription has a retry policy (its own, or [`RetrySpec::default`]). In process, a
+//! transient failure is tried again in place after a backoff, up to the policy's attempts: the
+//! message holds back only its own lane (partition, or key under key ordering). With a
+//! redeliver-later policy it is published to its group's retry topic instead (see
+//! [`redeliver`]). The attempt number is anybus's own count, never the broker's.
 
 pub(crate) mod dead_letter;
 pub(crate) mod keys;
+mod lanes;
 pub(crate) mod ordering;
 pub(crate) mod redeliver;
 
@@ -33,12 +34,12 @@ use crate::context::{Context, StateMap};
 use crate::dedup::{self, DedupStore, Reservation};
 use crate::error::{FailureKind, HandlerError};
 use crate::handler::{Handler, Outcome};
-use crate::message::header;
 use crate::observe::{delivery_span, SubscriptionStats};
 use crate::publish::Publisher;
 use crate::subscription::{Backoff, DeadLetter, DedupKey, RetryMode, RetrySpec};
 
 use self::dead_letter::{Failure, Reason};
+use self::redeliver::RetryCopy;
 
 /// Everything needed to handle one subscription's deliveries; shared by its lanes.
 pub(crate) struct Worker {
@@ -49,15 +50,20 @@ pub(crate) struct Worker {
     pub(crate) publisher: Publisher,
     pub(crate) state: Arc<StateMap>,
     pub(crate) stats: Arc<SubscriptionStats>,
-    /// The retry policy, if any.
-    pub(crate) retry: Option<RetrySpec>,
+    /// The retry policy: the subscription's, or the default one.
+    pub(crate) retry: RetrySpec,
     /// Where messages given up on go.
     pub(crate) dead_letter: DeadLetter,
+    /// The group's retry topics that the subscription consumes (redeliver-later retries).
+    pub(crate) retry_topics: Vec<String>,
     /// Duplicate suppression, if any.
     pub(crate) dedup: Option<Dedup>,
     /// Whether a topic of the subscription is a pattern (RabbitMQ's `orders.*`, `orders.#`),
     /// which may also match anybus's own dead-letter, retry and wait topics.
     pub(crate) patterns: bool,
+    /// The named dead-letter destinations of the app's subscriptions, which a pattern may
+    /// match too.
+    pub(crate) dead_letters: Arc<[String]>,
     /// Turns true when the app shuts down.
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -72,7 +78,7 @@ impl Worker {
         if !self.may_start(&receipt) {
             return;
         }
-        if self.patterns && self.is_foreign_helper(message.topic()) {
+        if self.patterns && self.is_foreign_helper(&message) {
             // A dead letter, or another group's retry copy, that a pattern matched: handling it
             // would dead-letter a dead letter, or run another group's retry.
             tracing::debug!(
@@ -83,9 +89,7 @@ impl Worker {
             return;
         }
         // A redeliver-later copy waits in its lane until it is due.
-        if let Some(wait) =
-            redeliver::due(&message).and_then(|due| due.duration_since(SystemTime::now()).ok())
-        {
+        if let Some(wait) = self.due_wait(&message) {
             self.wait(&receipt, wait).await;
             if !self.goes_on(&receipt) {
                 return;
@@ -107,13 +111,11 @@ impl Worker {
     ) where
         Fut: Future<Output = Outcome>,
     {
-        let mut attempt = message
-            .headers()
-            .get_str(header::ATTEMPT)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(1);
+        let copy = RetryCopy::of(&message, &self.group);
+        let mut attempt = copy.map_or(1, |c| c.attempt);
+        let original = copy.map_or_else(|| message.topic(), |c| c.original);
         let mut delays = None;
-        let mut first_failure = redeliver::first_failure(&message);
+        let mut first_failure = copy.and_then(|c| c.first_failure);
         let (held, unkeyed) = match self.gate(&message, &receipt).await {
             Gate::Run(held) => (held, None),
             Gate::Settled => return,
@@ -141,17 +143,15 @@ impl Worker {
                 if matches!(outcome, Outcome::Failed(_)) {
                     first_failure.get_or_insert_with(SystemTime::now);
                 }
-                let Some(policy) = self
-                    .retry
-                    .as_ref()
-                    .filter(|p| p.mode == RetryMode::InProcess)
-                else {
-                    break outcome;
-                };
+                let policy = &self.retry;
                 let Outcome::Failed(error) = &outcome else {
                     break outcome;
                 };
-                if error.kind() != FailureKind::Transient || attempt >= policy.max_attempts {
+                if policy.mode != RetryMode::InProcess
+                    || error.kind() != FailureKind::Transient
+                    || attempt >= policy.max_attempts
+                    || inbox == InboxEnd::Completed
+                {
                     break outcome;
                 }
                 let Some(wait) = delays.get_or_insert_with(|| backoff(policy)).next() else {
@@ -171,6 +171,8 @@ impl Worker {
             }
         };
         match &outcome {
+            // A key the inbox committed is done, whatever the handler said after.
+            Outcome::Failed(_) if inbox == InboxEnd::Completed => {}
             Outcome::Failed(_) => self.release(held.as_ref()).await,
             Outcome::Done { .. } => {
                 if inbox == InboxEnd::Untouched && !self.complete(held.as_ref(), &receipt).await {
@@ -181,9 +183,13 @@ impl Worker {
             }
         }
         if let Outcome::Failed(error) = &outcome {
-            if let Some(policy) = self.redeliver_policy(error, attempt) {
+            if let Some(policy) = self
+                .redeliver_policy(error, attempt)
+                .filter(|_| inbox != InboxEnd::Completed)
+            {
                 let later = Later {
                     error,
+                    original,
                     attempt,
                     wait: redeliver::delay(policy, attempt),
                     first_failure,
@@ -204,12 +210,13 @@ impl Worker {
                 }
                 self.settler.ack(&receipt);
             }
-            Outcome::Failed(error)
-                if error.kind() == FailureKind::Transient && self.retry.is_none() =>
-            {
-                tracing::warn!(origin = %message.origin(), %error, "handler failed; the message will be delivered again");
+            Outcome::Failed(error) if inbox == InboxEnd::Completed => {
+                // Its writes and its dedup mark are committed: another attempt, or a
+                // redelivery, could only find the key done.
+                tracing::warn!(origin = %message.origin(), %error, "handler failed after its inbox transaction committed; its writes stand, so the message is acked as handled before");
                 SubscriptionStats::count(&self.stats.transient_failures);
-                self.settler.nack(&receipt);
+                SubscriptionStats::count(&self.stats.duplicates);
+                self.settler.ack(&receipt);
             }
             Outcome::Failed(error) => {
                 if error.kind() == FailureKind::Decode {
@@ -218,6 +225,7 @@ impl Worker {
                 SubscriptionStats::count(&self.stats.permanent_failures);
                 let failure = Failure {
                     error: &error,
+                    topic: original,
                     group: &self.group,
                     attempts: attempt,
                     first_failure: first_failure.unwrap_or_else(SystemTime::now),
@@ -225,7 +233,7 @@ impl Worker {
                 };
                 if !self.give_up(&message, &failure).await {
                     // The dead letter was not confirmed: keep the message, it comes again.
-                    self.settler.nack(&receipt);
+                    self.nack_later(&receipt).await;
                     return;
                 }
                 self.answer(&message, Err(error.to_string())).await;
@@ -247,6 +255,13 @@ impl Worker {
         }
     }
 
+    /// Asks for the delivery again after [`NACK_BACKOFF`]: a broker that refuses a dead letter
+    /// or a retry copy must not turn into a hot redelivery loop.
+    async fn nack_later(&self, receipt: &Receipt) {
+        self.wait(receipt, NACK_BACKOFF).await;
+        self.settler.nack(receipt);
+    }
+
     /// After a wait: whether the delivery's work goes on here. Not once the app shuts down
     /// (the message, not acknowledged, is delivered again after the restart), nor when
     /// [`Worker::may_start`] says no.
@@ -265,12 +280,21 @@ impl Worker {
         false
     }
 
-    /// Whether `topic` is a dead-letter topic, a wait queue's routing key, or another group's
-    /// retry topic.
-    fn is_foreign_helper(&self, topic: &str) -> bool {
-        topic.ends_with(".dlq")
-            || topic.ends_with(".wait")
-            || (topic.contains(".retry.") && !topic.ends_with(&format!(".retry.{}", self.group)))
+    /// Whether `message`, which a pattern matched, came from an anybus helper topic that is
+    /// not this group's to handle: a dead letter (by its header and the name the header
+    /// implies, or a custom destination of this app), or another group's retry copy.
+    fn is_foreign_helper(&self, message: &crate::Message) -> bool {
+        redeliver::is_foreign_helper(message, &self.group)
+            || self.dead_letters.iter().any(|d| d == message.topic())
+    }
+
+    /// How long a retry copy of this group's still waits until it is due; `None` for any
+    /// other message, and for a copy that is due. A due time further off than the policy's
+    /// longest wait (a clock that jumped, a bad copy) waits only that long.
+    fn due_wait(&self, message: &crate::Message) -> Option<std::time::Duration> {
+        let due = RetryCopy::of(message, &self.group)?.due?;
+        let wait = due.duration_since(SystemTime::now()).ok()?;
+        Some(wait.min(self.retry.max))
     }
 
     /// Reserves the message's dedup key, when the subscription deduplicates; settles the
@@ -279,9 +303,9 @@ impl Worker {
         let Some(dedup) = &self.dedup else {
             return Gate::Run(None);
         };
-        let key = match dedup::key_of(message, &dedup.by) {
+        let key = match dedup_key(message, &dedup.by) {
             Ok(key) => key,
-            Err(reason) => return Gate::NoKey(HandlerError::permanent(reason)),
+            Err(error) => return Gate::NoKey(error),
         };
         // This delivery's own token: a lease it lost (it outlived the lease, cut off from the
         // store) and another delivery took is not this one's to renew or release.
@@ -426,6 +450,7 @@ impl Worker {
         let now = SystemTime::now();
         let copy = redeliver::retry_copy(
             message,
+            later.original,
             &self.group,
             later.attempt + 1,
             now + later.wait,
@@ -442,14 +467,14 @@ impl Worker {
             Err(publish) => {
                 tracing::error!(origin = %message.origin(), %error, %publish, retry_topic = %to, "handler failed and its retry copy was not confirmed; the message will be delivered again");
                 SubscriptionStats::count(&self.stats.transient_failures);
-                self.settler.nack(receipt);
+                self.nack_later(receipt).await;
             }
         }
     }
 
     /// The redeliver-later policy under which `error` on attempt `attempt` is tried again.
     fn redeliver_policy(&self, error: &HandlerError, attempt: u32) -> Option<&RetrySpec> {
-        self.retry.as_ref().filter(|p| {
+        Some(&self.retry).filter(|p| {
             p.mode == RetryMode::Redeliver
                 && error.kind() == FailureKind::Transient
                 && attempt < p.max_attempts
@@ -461,9 +486,7 @@ impl Worker {
     async fn give_up(&self, message: &crate::Message, failure: &Failure<'_>) -> bool {
         let error = failure.error;
         let reason = Reason::of(error.kind()).as_str();
-        let Some(to) =
-            dead_letter::destination(&self.dead_letter, redeliver::original_topic(message))
-        else {
+        let Some(to) = dead_letter::destination(&self.dead_letter, failure.topic) else {
             tracing::error!(
                 origin = %message.origin(),
                 key = ?message.key(),
@@ -510,6 +533,28 @@ impl Worker {
     }
 }
 
+/// The dedup key of `message`, or the failure of a message that has none: an undecodable
+/// payload when the key is a field of a payload that is not JSON, a permanent failure when the
+/// key is missing, or when the user's key function panicked (which must not take its lane down).
+fn dedup_key(message: &crate::Message, by: &DedupKey) -> Result<String, HandlerError> {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    match catch_unwind(AssertUnwindSafe(|| dedup::key_of(message, by))) {
+        Ok(Ok(key)) => Ok(key),
+        Ok(Err(dedup::KeyError::NotJson { field, reason })) => {
+            Err(HandlerError::decode(crate::codec::DecodeError {
+                codec: <crate::codec::Json as crate::codec::Codec>::NAME,
+                target: "the dedup key field",
+                reason: format!("cannot read field `{field}`: {reason}"),
+            }))
+        }
+        Ok(Err(missing)) => Err(HandlerError::permanent(missing)),
+        Err(panic) => Err(HandlerError::permanent(Panicked {
+            what: "the dedup key function",
+            message: panic_message(&*panic),
+        })),
+    }
+}
+
 /// Runs a handler's future, turning a panic into a permanent failure: a bug in one handler
 /// call must not take down its lane (and with it the subscription).
 async fn unwound<Fut: Future<Output = Outcome>>(call: impl FnOnce() -> Fut) -> Outcome {
@@ -529,21 +574,32 @@ async fn unwound<Fut: Future<Output = Outcome>>(call: impl FnOnce() -> Fut) -> O
 
 /// The permanent failure of a handler that panicked with `panic`.
 fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
-    let what = panic
+    Outcome::Failed(HandlerError::permanent(Panicked {
+        what: "the handler",
+        message: panic_message(panic),
+    }))
+}
+
+/// What a panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned());
-    Outcome::Failed(HandlerError::permanent(Panicked(what)))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
-/// A handler that panicked, as the error of its permanent failure.
+/// A user callback (the handler, the dedup key function) that panicked, as the error of its
+/// message's permanent failure.
 #[derive(Debug)]
-struct Panicked(String);
+struct Panicked {
+    what: &'static str,
+    message: String,
+}
 
 impl std::fmt::Display for Panicked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the handler panicked: {}", self.0)
+        write!(f, "{} panicked: {}", self.what, self.message)
     }
 }
 
@@ -552,6 +608,10 @@ impl std::error::Error for Panicked {}
 /// How long a completion goes on in the background once its partition moved to another
 /// member.
 const COMPLETE_IN_BACKGROUND: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long a delivery whose dead letter or retry copy the broker did not confirm waits before
+/// it is nacked to come again.
+const NACK_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a delivery whose dedup key is held elsewhere, or whose store failed, waits before
 /// it is nacked to come again.
@@ -652,7 +712,7 @@ fn inbox_outcome(outcome: Outcome, ticket: Option<&DedupTicket>) -> (Outcome, In
     let used = ticket.map_or(INBOX_UNUSED, |t| t.inbox.load(AtomicOrdering::Acquire));
     match (outcome, used) {
         (_, INBOX_FOUND_DONE) => (Outcome::Done { reply: None }, InboxEnd::FoundDone),
-        (outcome @ Outcome::Done { .. }, INBOX_COMMITTED) => (outcome, InboxEnd::Completed),
+        (outcome, INBOX_COMMITTED) => (outcome, InboxEnd::Completed),
         (Outcome::Done { .. }, INBOX_BEGUN) => (
             Outcome::Failed(HandlerError::permanent(
                 "the handler returned Ok without committing its inbox transaction, so its writes were rolled back",
@@ -675,13 +735,15 @@ enum Gate {
     Run(Option<Held>),
     /// The delivery was settled without the handler.
     Settled,
-    /// The message has no dedup key: a permanent failure.
+    /// The message has no dedup key: a permanent failure, or an undecodable payload.
     NoKey(HandlerError),
 }
 
 /// A transient failure to be retried by redelivery.
 struct Later<'a> {
     error: &'a HandlerError,
+    /// The topic the message was first consumed from.
+    original: &'a str,
     attempt: u32,
     wait: std::time::Duration,
     first_failure: Option<SystemTime>,
@@ -709,8 +771,8 @@ fn backoff(policy: &RetrySpec) -> backon::ExponentialBackoff {
 
 /// Where one lane or pool worker takes its deliveries from.
 enum Source {
-    /// A partition's lane.
-    Lane(mpsc::Receiver<Delivery>),
+    /// A partition's lane, and how it tells the dispatch loop it took a delivery.
+    Lane(mpsc::Receiver<Delivery>, lanes::Room),
     Pool(async_channel::Receiver<Delivery>),
     /// A pool worker under key ordering: reports each finished key back to the dispatch loop,
     /// which starts the next delivery of that key.
@@ -734,11 +796,12 @@ impl Lane {
     pub(crate) fn of_partition(
         worker: Arc<Worker>,
         rx: mpsc::Receiver<Delivery>,
+        room: lanes::Room,
         stopping: Arc<AtomicBool>,
     ) -> Self {
         Self {
             worker,
-            source: Source::Lane(rx),
+            source: Source::Lane(rx, room),
             stopping,
         }
     }
@@ -776,7 +839,11 @@ impl Lane {
     {
         loop {
             let (next, key) = match &mut self.source {
-                Source::Lane(rx) => (rx.recv().await, None),
+                Source::Lane(rx, room) => {
+                    let next = rx.recv().await;
+                    room.took_one();
+                    (next, None)
+                }
                 Source::Pool(rx) => (rx.recv().await.ok(), None),
                 Source::Keyed { rx, .. } => match rx.recv().await {
                     Ok((key, delivery)) => (Some(delivery), Some(key)),

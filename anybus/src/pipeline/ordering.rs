@@ -2,22 +2,30 @@
 //! `concurrency` workers.
 //!
 //! The dispatch loop polls the consumer and routes each delivery. Under
-//! [`Ordering::Partition`] every partition (RabbitMQ: the queue) has a lane, a task that handles
-//! its deliveries one after another. Under [`Ordering::None`], `concurrency` workers take
-//! deliveries from one shared queue. Lanes and the queue are bounded, so a slow handler stops
-//! the loop from polling: the broker holds what is not in flight.
+//! [`Ordering::Partition`] every partition (RabbitMQ: the queue) has a lane (see [`lanes`]), a
+//! task that handles its deliveries one after another. A full lane holds back only its own
+//! partition: the loop pauses that partition and goes on with the others. Under
+//! [`Ordering::None`], `concurrency` workers take deliveries from one shared queue; a full queue
+//! means every worker is busy, and the loop waits.
 //!
 //! Under [`Ordering::Key`], `concurrency` workers take deliveries whose key is idle; the loop
 //! keeps the rest of each key in [`KeyQueues`] and starts the next of a key when a worker
 //! reports the previous one finished. The key is the partition plus the message key, so a key's
 //! deliveries run in offset order; keyless deliveries of a partition share one key and so run
-//! in partition order. Once `max_buffered` deliveries are admitted and not finished, the loop
-//! stops polling until workers finish some (so at most `max_buffered` plus one poll's batch are
-//! held), and one hot key cannot grow the buffer.
+//! in partition order. The loop polls only while a whole batch fits under `max_buffered`
+//! deliveries admitted and not finished, so that cap holds exactly, and one hot key cannot grow
+//! the buffer.
+//!
+//! Under both pool orderings, the deliveries of the group's retry partitions go through a delay
+//! lane, which holds each retry copy until it is due and then hands it back to the loop: a
+//! waiting copy holds no worker, and fresh work runs at full concurrency meanwhile.
 //!
 //! On shutdown the loop stops polling, lanes finish the handler they are running and skip what
 //! they had not started (it was not acknowledged, so it is delivered again), and the consumer
-//! commits and leaves its group.
+//! commits and leaves its group. A lane or worker that ends before that ends the subscription
+//! with [`BackendError::Stopped`]: a subscription never stops consuming silently.
+//!
+//! [`lanes`]: super::lanes
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -28,36 +36,21 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::keys::KeyQueues;
+use super::lanes::{Lanes, Room, LANE_CAPACITY};
 use super::{Lane, Worker};
 use crate::backend::{BackendError, Consumer, Delivery};
-use crate::subscription::Ordering;
-
-/// Deliveries a lane buffers before the dispatch loop waits.
-const LANE_CAPACITY: usize = 128;
-
-/// The dispatch loop's side of a partition's lane.
-struct LaneTx {
-    slot: u32,
-    tx: mpsc::Sender<Delivery>,
-}
+use crate::subscription::{Ordering, RetryMode};
 
 /// How one subscription member is run.
 pub(crate) struct Dispatch {
     pub(crate) worker: Arc<Worker>,
     pub(crate) ordering: Ordering,
     pub(crate) concurrency: usize,
+    /// The most deliveries one poll of the consumer returns.
     pub(crate) batch: usize,
     pub(crate) drain_timeout: Duration,
     /// Under key ordering, the most deliveries admitted and not finished.
     pub(crate) max_buffered: usize,
-}
-
-enum Router {
-    /// One lane per slot. A member owns a handful of partitions, so a scan beats hashing the
-    /// slot of every delivery.
-    Lanes(Vec<LaneTx>),
-    Pool(async_channel::Sender<Delivery>),
-    Keys(Keyed),
 }
 
 /// The dispatch loop's side of key ordering.
@@ -102,11 +95,32 @@ impl Keyed {
     }
 }
 
-/// The next key a worker finished; never resolves for the other orderings.
-async fn next_finished(router: &mut Router) -> Option<u64> {
-    match router {
-        Router::Keys(keyed) => keyed.finished.recv().await,
-        _ => std::future::pending().await,
+/// The next key a worker finished; never resolves without key ordering.
+async fn next_finished(keyed: &mut Option<Keyed>) -> Option<u64> {
+    match keyed {
+        Some(keyed) => keyed.finished.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Which slots carry the group's retry copies, learned from the first delivery of each: under
+/// the pool orderings their deliveries go through a delay lane.
+#[derive(Default)]
+struct RetrySlots {
+    known: Vec<(u32, bool)>,
+}
+
+impl RetrySlots {
+    fn is_retry(&mut self, delivery: &Delivery, worker: &Worker) -> bool {
+        let slot = delivery.receipt.slot;
+        if let Some(&(_, retry)) = self.known.iter().find(|(s, _)| *s == slot) {
+            return retry;
+        }
+        let topic = delivery.message.topic();
+        let retry = worker.retry_topics.iter().any(|t| t == topic)
+            || super::redeliver::RetryCopy::of(&delivery.message, &worker.group).is_some();
+        self.known.push((slot, retry));
+        retry
     }
 }
 
@@ -119,7 +133,9 @@ impl Dispatch {
     ) -> Result<(), BackendError> {
         let stopping = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
-        let mut router = match self.ordering {
+        let mut pool = None;
+        let mut keyed = None;
+        match self.ordering {
             Ordering::None => {
                 let (tx, rx) = async_channel::bounded(self.concurrency.max(1));
                 for _ in 0..self.concurrency.max(1) {
@@ -127,7 +143,7 @@ impl Dispatch {
                         Lane::of_pool(Arc::clone(&self.worker), rx.clone(), Arc::clone(&stopping));
                     tasks.spawn(Arc::clone(&self.worker.handler).serve(lane));
                 }
-                Router::Pool(tx)
+                pool = Some(tx);
             }
             Ordering::Key => {
                 let (ready, rx) = async_channel::unbounded();
@@ -141,40 +157,67 @@ impl Dispatch {
                     );
                     tasks.spawn(Arc::clone(&self.worker.handler).serve(lane));
                 }
-                Router::Keys(Keyed {
+                keyed = Some(Keyed {
                     queues: KeyQueues::default(),
                     ready,
                     finished,
                     hasher: RandomState::new(),
-                })
+                });
             }
-            Ordering::Partition => Router::Lanes(Vec::new()),
-        };
+            Ordering::Partition => {}
+        }
+        // Partition ordering: a handler lane per partition. The others: a delay lane per retry
+        // partition, which hands copies back here, through `due`, once they are due.
+        let mut lanes = Lanes::new(Arc::clone(&self.worker.stats));
+        let delays =
+            self.ordering != Ordering::Partition && self.worker.retry.mode == RetryMode::Redeliver;
+        let mut retry_slots = RetrySlots::default();
+        let (due_tx, mut due_rx) = mpsc::channel::<Delivery>(LANE_CAPACITY);
         let max_buffered = self.max_buffered.max(self.concurrency).max(1);
+        // A poll is admitted whole, so under key ordering the loop polls only while a whole
+        // batch still fits under `max_buffered`: the cap then holds exactly.
+        let batch_room = self.batch.clamp(1, max_buffered);
 
         let mut batch = Vec::with_capacity(self.batch);
         let mut result = Ok(());
         'poll: while !*stop.borrow() {
-            let room = match &router {
-                Router::Keys(keyed) => {
-                    let room = keyed.queues.len() < max_buffered;
+            let (room, due_room) = match &keyed {
+                Some(keyed) => {
+                    let held = keyed.queues.len();
+                    let room = held + batch_room <= max_buffered;
                     self.worker.stats.report_held_back(!room);
-                    room
+                    (room, held < max_buffered)
                 }
-                _ => true,
+                None => (true, true),
             };
-            // Every consumer's poll is cancel-safe: losing the race to a finished key loses no
+            let mut from_delay = false;
+            // Every consumer's poll is cancel-safe: losing the race to another branch loses no
             // delivery.
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                Some(key) = next_finished(&mut router) => {
-                    if let Router::Keys(keyed) = &mut router {
-                        if !keyed.finish(key) {
-                            break;
-                        }
+                Some(key) = next_finished(&mut keyed) => {
+                    if !keyed.as_mut().is_some_and(|keyed| keyed.finish(key)) {
+                        break;
                     }
                     continue;
+                }
+                // Lanes and workers end only when told to: one that ends now took its
+                // partition (or a worker slot) with it.
+                Some(ended) = tasks.join_next(), if !tasks.is_empty() => {
+                    result = Err(lane_ended(ended));
+                    break;
+                }
+                Some(slot) = lanes.next_room() => {
+                    if lanes.refill(slot, &mut *consumer).is_err() {
+                        result = Err(gone());
+                        break;
+                    }
+                    continue;
+                }
+                Some(delivery) = due_rx.recv(), if due_room => {
+                    batch.push(delivery);
+                    from_delay = true;
                 }
                 polled = consumer.poll(&mut batch), if room => {
                     if let Err(e) = polled {
@@ -183,38 +226,58 @@ impl Dispatch {
                     }
                 }
             }
-            let routed = match &mut router {
-                Router::Lanes(lanes) => {
-                    self.to_lanes(lanes, &mut batch, &mut tasks, &stopping, &mut stop)
-                        .await
-                }
-                Router::Keys(keyed) => batch.drain(..).all(|delivery| keyed.admit(delivery)),
-                Router::Pool(tx) => {
-                    let mut sent = true;
-                    for delivery in batch.drain(..) {
-                        // The common case, room in the queue, costs no select; only a full
-                        // queue waits, and then also for the stop signal.
-                        sent = match tx.try_send(delivery) {
-                            Ok(()) => true,
-                            Err(async_channel::TrySendError::Closed(_)) => false,
-                            Err(async_channel::TrySendError::Full(delivery)) => tokio::select! {
-                                biased;
-                                _ = stop.changed() => false,
-                                sent = tx.send(delivery) => sent.is_ok(),
-                            },
-                        };
-                        if !sent {
-                            break;
-                        }
+            for delivery in batch.drain(..) {
+                let routed = if self.ordering == Ordering::Partition {
+                    lanes
+                        .route(delivery, &mut *consumer, |rx, room| {
+                            let lane = Lane::of_partition(
+                                Arc::clone(&self.worker),
+                                rx,
+                                room,
+                                Arc::clone(&stopping),
+                            );
+                            tasks.spawn(Arc::clone(&self.worker.handler).serve(lane));
+                        })
+                        .is_ok()
+                } else if delays && !from_delay && retry_slots.is_retry(&delivery, &self.worker) {
+                    lanes
+                        .route(delivery, &mut *consumer, |rx, room| {
+                            tasks.spawn(delay_lane(
+                                Arc::clone(&self.worker),
+                                rx,
+                                room,
+                                due_tx.clone(),
+                                Arc::clone(&stopping),
+                            ));
+                        })
+                        .is_ok()
+                } else if let Some(keyed) = &mut keyed {
+                    keyed.admit(delivery)
+                } else if let Some(pool) = &pool {
+                    // The common case, room in the queue, costs no select; only a full queue
+                    // (every worker busy) waits, and then also for the stop signal.
+                    match pool.try_send(delivery) {
+                        Ok(()) => true,
+                        Err(async_channel::TrySendError::Closed(_)) => false,
+                        Err(async_channel::TrySendError::Full(delivery)) => tokio::select! {
+                            biased;
+                            _ = stop.changed() => false,
+                            sent = pool.send(delivery) => sent.is_ok(),
+                        },
                     }
-                    sent
+                } else {
+                    false
+                };
+                if !routed {
+                    // Stopping: what was not routed stays unacknowledged and is delivered
+                    // again.
+                    if !*stop.borrow() {
+                        result = Err(gone());
+                    }
+                    break 'poll;
                 }
-            };
-            if !routed {
-                // Stopping: what was not routed stays unacknowledged and is delivered again.
-                break 'poll;
             }
-            if let Router::Keys(keyed) = &router {
+            if let Some(keyed) = &keyed {
                 let held = keyed.queues.len() as u64;
                 self.worker
                     .stats
@@ -224,7 +287,9 @@ impl Dispatch {
         }
 
         stopping.store(true, AtomicOrdering::Release);
-        drop(router);
+        // What waits in lanes, overflows and queues was not started: unacknowledged, it is
+        // delivered again.
+        drop((lanes, pool, keyed, due_rx));
         let drained = tokio::time::timeout(self.drain_timeout, async {
             while tasks.join_next().await.is_some() {}
         })
@@ -240,55 +305,54 @@ impl Dispatch {
         let closed = consumer.close().await;
         result.and(closed)
     }
+}
 
-    /// Hands `batch` to the lanes of its partitions, starting a lane for a partition seen for
-    /// the first time. The common case, room in the lane, costs no select; a full lane is
-    /// waited for, and then also the stop signal. `false` when stopping.
-    async fn to_lanes(
-        &self,
-        lanes: &mut Vec<LaneTx>,
-        batch: &mut Vec<Delivery>,
-        tasks: &mut JoinSet<()>,
-        stopping: &Arc<AtomicBool>,
-        stop: &mut watch::Receiver<bool>,
-    ) -> bool {
-        for delivery in batch.drain(..) {
-            let slot = delivery.receipt.slot;
-            let i = match lanes.iter().position(|lane| lane.slot == slot) {
-                Some(i) => i,
-                None => {
-                    let lane =
-                        spawn_lane(slot, tasks, Arc::clone(&self.worker), Arc::clone(stopping));
-                    lanes.push(lane);
-                    lanes.len() - 1
-                }
-            };
-            let lane = &lanes[i].tx;
-            let sent = match lane.try_send(delivery) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-                Err(mpsc::error::TrySendError::Full(delivery)) => tokio::select! {
-                    biased;
-                    _ = stop.changed() => false,
-                    sent = lane.send(delivery) => sent.is_ok(),
-                },
-            };
-            if !sent {
-                return false;
+/// A retry partition's delay lane (pool orderings): holds each copy until it is due, without
+/// holding a worker, then hands it back to the dispatch loop through `due`. A copy whose
+/// partition is handed over, or whose app shuts down, while it waits is given up.
+async fn delay_lane(
+    worker: Arc<Worker>,
+    mut rx: mpsc::Receiver<Delivery>,
+    room: Room,
+    due: mpsc::Sender<Delivery>,
+    stopping: Arc<AtomicBool>,
+) {
+    while let Some(delivery) = rx.recv().await {
+        room.took_one();
+        if stopping.load(AtomicOrdering::Acquire) {
+            break;
+        }
+        if let Some(wait) = worker.due_wait(&delivery.message) {
+            worker.wait(&delivery.receipt, wait).await;
+            if !worker.goes_on(&delivery.receipt) {
+                continue;
             }
         }
-        true
+        if due.send(delivery).await.is_err() {
+            break;
+        }
     }
 }
 
-fn spawn_lane(
-    slot: u32,
-    tasks: &mut JoinSet<()>,
-    worker: Arc<Worker>,
-    stopping: Arc<AtomicBool>,
-) -> LaneTx {
-    let (tx, rx) = mpsc::channel(LANE_CAPACITY);
-    let handler = Arc::clone(&worker.handler);
-    tasks.spawn(handler.serve(Lane::of_partition(worker, rx, stopping)));
-    LaneTx { slot, tx }
+/// The subscription's lanes or workers are gone while it was not stopping.
+fn gone() -> BackendError {
+    BackendError::Stopped {
+        reason: "its lanes or workers are gone".into(),
+    }
+}
+
+/// Why the subscription stops when one of its lanes or workers ended on its own.
+fn lane_ended(ended: Result<(), tokio::task::JoinError>) -> BackendError {
+    let reason = match ended {
+        Ok(()) => "a lane ended before shutdown".to_owned(),
+        Err(join) if join.is_panic() => {
+            format!(
+                "a lane panicked: {}",
+                super::panic_message(&*join.into_panic())
+            )
+        }
+        Err(join) => format!("a lane failed: {join}"),
+    };
+    tracing::error!(%reason, "a lane of the subscription ended; the subscription stops");
+    BackendError::Stopped { reason }
 }

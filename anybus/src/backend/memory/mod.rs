@@ -365,14 +365,22 @@ mod tests {
         one.pause(0);
         let mut first = Vec::new();
         one.poll(&mut first).await.unwrap();
-        assert_eq!(places(&first), [(1, 0), (1, 1)], "only the unpaused partition");
+        assert_eq!(
+            places(&first),
+            [(1, 0), (1, 1)],
+            "only the unpaused partition"
+        );
         for d in &first {
             paused.ack(&d.receipt);
         }
         one.resume(0);
         let mut second = Vec::new();
         one.poll(&mut second).await.unwrap();
-        assert_eq!(places(&second), [(0, 0), (0, 1)], "from where it was paused");
+        assert_eq!(
+            places(&second),
+            [(0, 0), (0, 1)],
+            "from where it was paused"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,163 @@
+//! Per-partition lanes and their backpressure: a full lane holds back only its own partition.
+//!
+//! A lane is a task fed by a bounded channel with the deliveries of one partition (its
+//! receipt slot). Under partition ordering every partition has one, and the lane runs the
+//! handler. Under the other orderings only the group's retry partitions have one, a delay lane:
+//! it holds each retry copy until it is due, then hands it back to the dispatch loop, so that a
+//! waiting copy holds no worker.
+//!
+//! When a lane's channel is full, the dispatch loop does not wait for it, which would stop every
+//! other partition too: it keeps the delivery, and whatever else comes for that partition, in
+//! the lane's overflow, in order, and pauses the partition at the backend
+//! ([`Consumer::pause`]). The lane tells the loop when it took a delivery while the overflow was
+//! waiting; the loop moves the overflow in as room comes, and resumes the partition once the
+//! overflow is empty. The overflow holds at most what the backend had fetched before the pause
+//! took effect.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::backend::{Consumer, Delivery};
+use crate::observe::SubscriptionStats;
+
+/// Deliveries a lane buffers before its partition overflows and is paused.
+pub(super) const LANE_CAPACITY: usize = 128;
+
+/// The dispatch loop's side of one lane.
+struct LaneTx {
+    slot: u32,
+    tx: mpsc::Sender<Delivery>,
+    /// Deliveries that found the lane full, in order: the partition is paused while any wait.
+    overflow: VecDeque<Delivery>,
+    /// Set while the overflow waits: the lane reports on `room` when it takes a delivery.
+    wants_room: Arc<AtomicBool>,
+}
+
+/// The lane side of the room signal: how a lane tells the loop it took a delivery.
+pub(crate) struct Room {
+    slot: u32,
+    wants: Arc<AtomicBool>,
+    room: mpsc::UnboundedSender<u32>,
+}
+
+impl Room {
+    /// The lane took a delivery from its channel: if the loop waits for room, say so. One
+    /// relaxed load per delivery while nobody waits.
+    pub(crate) fn took_one(&self) {
+        if self.wants.load(AtomicOrdering::Relaxed)
+            && self.wants.swap(false, AtomicOrdering::AcqRel)
+        {
+            let _ = self.room.send(self.slot);
+        }
+    }
+}
+
+/// The lanes of one subscription member, by slot.
+pub(super) struct Lanes {
+    /// A member owns a handful of partitions, so a scan beats hashing the slot of every
+    /// delivery.
+    lanes: Vec<LaneTx>,
+    room_tx: mpsc::UnboundedSender<u32>,
+    room_rx: mpsc::UnboundedReceiver<u32>,
+    stats: Arc<SubscriptionStats>,
+}
+
+/// A lane is gone: its task ended, so the subscription cannot go on.
+#[derive(Debug)]
+pub(super) struct LaneGone;
+
+impl Lanes {
+    pub(super) fn new(stats: Arc<SubscriptionStats>) -> Self {
+        let (room_tx, room_rx) = mpsc::unbounded_channel();
+        Self {
+            lanes: Vec::new(),
+            room_tx,
+            room_rx,
+            stats,
+        }
+    }
+
+    /// Hands `delivery` to its slot's lane, starting one with `start` (given the lane's
+    /// receiving end and its room signal) for a slot seen for the first time. A full lane keeps
+    /// the delivery in its overflow and pauses the slot; a lane with an overflow keeps every
+    /// later delivery there too, so the partition's order holds.
+    pub(super) fn route(
+        &mut self,
+        delivery: Delivery,
+        consumer: &mut dyn Consumer,
+        start: impl FnOnce(mpsc::Receiver<Delivery>, Room),
+    ) -> Result<(), LaneGone> {
+        let slot = delivery.receipt.slot;
+        let i = match self.lanes.iter().position(|lane| lane.slot == slot) {
+            Some(i) => i,
+            None => {
+                let (tx, rx) = mpsc::channel(LANE_CAPACITY);
+                let wants_room = Arc::new(AtomicBool::new(false));
+                start(
+                    rx,
+                    Room {
+                        slot,
+                        wants: Arc::clone(&wants_room),
+                        room: self.room_tx.clone(),
+                    },
+                );
+                self.lanes.push(LaneTx {
+                    slot,
+                    tx,
+                    overflow: VecDeque::new(),
+                    wants_room,
+                });
+                self.lanes.len() - 1
+            }
+        };
+        let lane = &mut self.lanes[i];
+        if !lane.overflow.is_empty() {
+            lane.overflow.push_back(delivery);
+            return Ok(());
+        }
+        match lane.tx.try_send(delivery) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(LaneGone),
+            Err(mpsc::error::TrySendError::Full(delivery)) => {
+                lane.overflow.push_back(delivery);
+                lane.wants_room.store(true, AtomicOrdering::Release);
+                consumer.pause(slot);
+                SubscriptionStats::count(&self.stats.lane_pauses);
+                Ok(())
+            }
+        }
+    }
+
+    /// The next slot whose lane took a delivery while its overflow waited.
+    pub(super) async fn next_room(&mut self) -> Option<u32> {
+        self.room_rx.recv().await
+    }
+
+    /// `slot`'s lane has room: moves its overflow in while there is room, and resumes the slot
+    /// once the overflow is empty.
+    pub(super) fn refill(
+        &mut self,
+        slot: u32,
+        consumer: &mut dyn Consumer,
+    ) -> Result<(), LaneGone> {
+        let Some(lane) = self.lanes.iter_mut().find(|lane| lane.slot == slot) else {
+            return Ok(());
+        };
+        while let Some(delivery) = lane.overflow.pop_front() {
+            match lane.tx.try_send(delivery) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(LaneGone),
+                Err(mpsc::error::TrySendError::Full(delivery)) => {
+                    lane.overflow.push_front(delivery);
+                    lane.wants_room.store(true, AtomicOrdering::Release);
+                    return Ok(());
+                }
+            }
+        }
+        consumer.resume(slot);
+        Ok(())
+    }
+}
