@@ -36,7 +36,7 @@
 //!
 //! Published events are persistent, carry the message id as AMQP `message-id`, the key in the
 //! header `anybus-key`, and every header as a byte string in the AMQP header table (see
-//! [`properties`]). A received message's origin names its topic (the routing key it was
+//! [`properties`], which also says how a foreign `message-id`, or none, becomes an id). A received message's origin names its topic (the routing key it was
 //! published with) and its delivery tag; it has no partition or offset.
 //!
 //! # Delivery
