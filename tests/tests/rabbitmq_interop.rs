@@ -23,13 +23,13 @@ fn python() -> PathBuf {
     python
 }
 
-/// Publishes `messages` (`message-id:payload`, `-` for no id) to `topic` with pika.
-fn publish(env: &Env, topic: &str, messages: &[&str]) {
+/// Runs `amqp_peer.py command URL args…` and returns what it printed.
+fn peer(env: &Env, command: &str, args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/amqp_peer.py");
     let out = Command::new(python())
         .arg(script)
-        .args(["publish", &env.url, topic])
-        .args(messages)
+        .args([command, &env.url])
+        .args(args)
         .output()
         .expect("run the Python client");
     assert!(
@@ -37,6 +37,15 @@ fn publish(env: &Env, topic: &str, messages: &[&str]) {
         "the Python client failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// Publishes `messages` (`message-id:payload`, `-` for no id) to `topic` with pika.
+fn publish(env: &Env, topic: &str, messages: &[&str]) {
+    let args: Vec<&str> = std::iter::once(topic)
+        .chain(messages.iter().copied())
+        .collect();
+    peer(env, "publish", &args);
 }
 
 /// A subscription under `dedup = true` that reports what its handler is given.
@@ -117,4 +126,50 @@ async fn a_foreign_message_without_an_id_is_dead_lettered_under_dedup() {
     );
     app.shutdown().await.expect("shutdown");
     assert!(handled.drain_ready().is_empty());
+}
+
+/// A group whose queue earlier versions named otherwise (`{topic}.{group}`, for a group with a
+/// `.`) finds its old queue cut off from the topic: new events go to the new queue only, and
+/// what the old one held is left there for an operator, not consumed and not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_naming_queue_is_unbound_and_left_with_its_messages() {
+    let env = Env::rabbitmq();
+    let topic = env.unique("renamed");
+    let group = format!("{}.eu", env.unique("billing"));
+    let old = format!("{topic}.{group}");
+    // The events exchange exists once any app connected.
+    env.start(Vec::new())
+        .await
+        .shutdown()
+        .await
+        .expect("shutdown");
+    peer(&env, "bind", &[&old, &topic]);
+    publish(&env, &topic, &["-:before-the-upgrade"]);
+    let (tx, mut handled) = Inbox::new();
+    let app = env
+        .start(vec![Subscription::builder([&topic])
+            .name("renamed")
+            .group(&group)
+            .handler(move |m: Message| {
+                let _ = tx.send(m.payload().clone());
+                std::future::ready(Ok::<(), HandlerError>(()))
+            })])
+        .await;
+    app.publisher()
+        .send(Message::new(topic.as_str(), "after"))
+        .await
+        .expect("publish");
+    assert_eq!(handled.next("the new event").await, "after");
+    app.shutdown().await.expect("shutdown");
+    assert!(
+        handled.drain_ready().is_empty(),
+        "the old queue was consumed"
+    );
+    let left = peer(&env, "count", &[&old]);
+    peer(&env, "delete", &[&old]);
+    assert_eq!(
+        left.trim(),
+        "1",
+        "the old queue got the new event too, or lost its own"
+    );
 }

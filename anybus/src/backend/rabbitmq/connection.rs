@@ -15,8 +15,9 @@ use futures_util::StreamExt;
 use lapin::{Connection, Event};
 use tokio::sync::{watch, Notify};
 
+use super::declare::DeclareError;
 use super::target::Target;
-use super::topology::{DeclareError, Topology};
+use super::topology::Topology;
 use crate::url::ConnectError;
 
 /// The first wait before reconnecting.
@@ -217,7 +218,7 @@ impl Link {
     }
 }
 
-/// Declares `topology` on a channel of its own.
+/// Declares `topology` on a channel of its own, and cuts its superseded queues off.
 pub(super) async fn declare(
     connection: &Connection,
     topology: &Topology,
@@ -230,7 +231,9 @@ pub(super) async fn declare(
     if channel.status().connected() {
         let _ = channel.close(200, "declared".into()).await;
     }
-    Ok(declared?)
+    declared?;
+    super::superseded::retire(connection, topology).await;
+    Ok(())
 }
 
 /// How long closing waits for the broker's answer (the close itself gives up after 2 s).
