@@ -1,75 +1,75 @@
-//! Group queues under the name earlier versions gave them, found and cut off from new events.
+//! Group queues under the name earlier versions gave them, cut off from new events.
 //!
 //! Up to this version a group's queue was `{topic}.{group}`; a group with `%` or `.` in its
 //! name (the replay group `anybus-replay.orders.dlq` among them) now consumes a queue of another
 //! name (see `naming.rs`). Its old queue, if the broker still has it, stays bound to the topic
-//! and would fill with every new event without anybody consuming it. So where the old queue
-//! exists, its binding to the topic is removed (only that one: no other pair's queue is bound
-//! under that name with that key, so the binding is the old group's own), the queue itself and
-//! what is in it are left alone, and a warning names it, its message count and its replacement,
-//! for an operator to move those messages (a shovel) or delete the queue. Moving them here
-//! would mean consuming a queue whose name may be another group's under the new naming.
+//! and would fill with every new event without anybody consuming it. So the binding earlier
+//! versions made, old name to the events exchange by the topic, is removed wherever a group
+//! queue is declared. That binding is the old group's alone: under the new naming a queue of
+//! that name belongs to another topic (`orders.eu.billing` is group `billing` on `orders.eu`)
+//! and is bound by that topic, which stays. RabbitMQ unbinds a queue that does not exist
+//! without complaint, so nothing needs to know whether the old queue is there.
+//!
+//! What the old queue holds is left in it, for an operator to move (a shovel) or delete: moving
+//! it here would mean consuming a queue that may be another group's. Finding out whether it
+//! exists takes a passive declare, which the broker answers, where it does not, by closing the
+//! channel, and lapin logs that as an error: on every start of every app with a dead-letter
+//! topic. So the log says where to look, at `info`, instead of looking.
 
-use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::Connection;
 
 use super::declare::short_name;
 use super::topology::{Superseded, Topology};
 
-/// Unbinds and reports the superseded queues of `topology` that exist. Never fails: a queue
-/// that cannot be looked at is logged and left as it is.
+/// Removes the old bindings of `topology`'s superseded queues. Never fails: a binding that
+/// cannot be removed is logged, and the next connection tries again.
 pub(super) async fn retire(connection: &Connection, topology: &Topology) {
-    for old in &topology.superseded {
-        if let Err(error) = retire_one(connection, old).await {
-            tracing::debug!(
-                queue = old.binding.queue,
-                %error,
-                "could not look for a queue of an earlier version's naming"
-            );
+    if topology.superseded.is_empty() {
+        return;
+    }
+    let channel = match connection.create_channel().await {
+        Ok(channel) => channel,
+        Err(error) => {
+            tracing::debug!(%error, "no channel to unbind the queues of the earlier naming on");
+            return;
         }
+    };
+    for old in &topology.superseded {
+        match unbind(&channel, old).await {
+            Ok(()) => tracing::info!(
+                old_queue = old.binding.queue,
+                topic = old.binding.routing_key,
+                queue = old.replacement,
+                "this group's queue was named `{}` before; if a queue of that name exists, it \
+                 no longer gets the topic's events and keeps what it had: move that to `{}` or \
+                 delete it (unless another group consumes it)",
+                old.binding.queue,
+                old.replacement
+            ),
+            Err(error) => tracing::warn!(
+                old_queue = old.binding.queue,
+                topic = old.binding.routing_key,
+                %error,
+                "could not unbind the queue of the earlier naming from its topic"
+            ),
+        }
+    }
+    if channel.status().connected() {
+        let _ = channel.close(200, "unbound".into()).await;
     }
 }
 
-async fn retire_one(connection: &Connection, old: &Superseded) -> Result<(), String> {
+async fn unbind(channel: &lapin::Channel, old: &Superseded) -> Result<(), String> {
     let binding = &old.binding;
-    let queue = short_name(&binding.queue).map_err(|e| e.to_string())?;
-    // A passive declare of a queue that does not exist closes its channel: a channel of its own.
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let Ok(found) = channel
-        .queue_declare(queue.clone(), passive, FieldTable::default())
-        .await
-    else {
-        return Ok(());
-    };
-    let unbound = channel
+    let name = |text: &str| short_name(text).map_err(|e| e.to_string());
+    channel
         .queue_unbind(
-            queue,
-            short_name(&binding.exchange).map_err(|e| e.to_string())?,
-            short_name(&binding.routing_key).map_err(|e| e.to_string())?,
+            name(&binding.queue)?,
+            name(&binding.exchange)?,
+            name(&binding.routing_key)?,
             FieldTable::default(),
         )
-        .await;
-    if channel.status().connected() {
-        let _ = channel.close(200, "looked".into()).await;
-    }
-    unbound.map_err(|e| e.to_string())?;
-    tracing::warn!(
-        queue = binding.queue,
-        topic = binding.routing_key,
-        replacement = old.replacement,
-        messages = found.message_count(),
-        consumers = found.consumer_count(),
-        "a queue named as earlier versions of anybus named this group's queue exists; it is \
-         now unbound from the topic so that it no longer fills, and the group consumes its \
-         replacement. Move the messages left in it to the replacement (a shovel) or delete it"
-    );
-    Ok(())
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -16,7 +16,7 @@
 //! every topology declared through it and declares them all again on each new connection, so a
 //! broker restart or a deleted queue heals. Declaring is idempotent: the broker accepts a
 //! declaration equal to what exists. A group queue that earlier versions named otherwise is
-//! listed in [`Topology::superseded`], for the connection to unbind and report.
+//! listed in [`Topology::superseded`], for the connection to unbind from its topic.
 //!
 //! ```
 //! use anybus::backend::rabbitmq::topology::{Binding, Topology, EVENTS_EXCHANGE};
@@ -161,7 +161,7 @@ pub struct Topology {
     pub queues: Vec<Queue>,
     /// Bindings.
     pub bindings: Vec<Binding>,
-    /// Bindings of earlier versions' group queues, to remove where those queues exist.
+    /// Bindings of earlier versions' group queues, to remove.
     pub superseded: Vec<Superseded>,
 }
 
