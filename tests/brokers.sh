@@ -89,6 +89,12 @@ rabbit_env() {
 
 up_rabbitmq() {
     apt_install rabbitmq-server
+    # Another AMQP client for the interop test: messages as a foreign producer writes them.
+    if ! "$CACHE/venv/bin/python" -c 'import pika' 2>/dev/null; then
+        log "installing the Python AMQP client into $CACHE/venv"
+        python3 -m venv "$CACHE/venv"
+        "$CACHE/venv/bin/pip" install --quiet pika==1.4.4
+    fi
     answers $AMQP_PORT && { log "rabbitmq already answers on $AMQP_PORT"; return 0; }
     rm -rf "$RUN/rabbitmq" && mkdir -p "$RUN/rabbitmq/log" "$RUN/rabbitmq/mnesia"
     rabbit_env

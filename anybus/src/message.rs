@@ -75,6 +75,30 @@ impl MessageId {
         Uuid::try_parse(text).ok().map(Self)
     }
 
+    /// The id of a message whose producer (not anybus) gave it an id that is not a UUID in
+    /// anybus's text form, for example a RabbitMQ `message-id` of `order-17`: the name-based
+    /// UUID v5 of that text in the namespace [`MessageId::FOREIGN_NAMESPACE`], so every
+    /// delivery of the message, and every message with the same id text, has the same id, and
+    /// anyone can compute it with any UUID library.
+    pub fn of_foreign(text: &str) -> Self {
+        Self(Uuid::new_v5(&Self::FOREIGN_NAMESPACE, text.as_bytes()))
+    }
+
+    /// The namespace of [`MessageId::of_foreign`]. Pinned: ids live on in dedup stores.
+    pub const FOREIGN_NAMESPACE: Uuid = uuid::uuid!("e50f8d88-d6c6-403d-94ae-4fd0581c73fb");
+
+    /// The id of a message that came with none and whose place gives none either (a RabbitMQ
+    /// message without `message-id`): the nil UUID, the same on every delivery. Deduplicating by
+    /// message id refuses it as a missing key.
+    pub const fn missing() -> Self {
+        Self(Uuid::nil())
+    }
+
+    /// Whether this is [`MessageId::missing`]: the message came without an id.
+    pub fn is_missing(&self) -> bool {
+        self.0.is_nil()
+    }
+
     /// The id of a record that came without one (from a producer other than anybus), made
     /// from where it is stored, so every delivery of the record has the same id: a UUID v8 of
     /// an FNV-1a hash of the topic and the record's timestamp (8 bytes), the partition (2
@@ -390,6 +414,20 @@ mod tests {
         let b = MessageId::new();
         assert_ne!(a, b);
         assert_eq!(MessageId::parse(&a.to_string()), Some(a));
+    }
+
+    #[test]
+    fn a_foreign_id_is_the_same_for_the_same_text_alone() {
+        let id = MessageId::of_foreign("order-17");
+        assert_eq!(id, MessageId::of_foreign("order-17"));
+        assert_eq!(id.as_uuid().get_version_num(), 5);
+        // Pinned (ids live on in dedup stores), and what Python's
+        // `uuid.uuid5(UUID("e50f8d88-…"), "order-17")` computes.
+        assert_eq!(id.to_string(), "7a6758f0-3d8e-5dc9-b4fc-e2e24216b64d");
+        assert_ne!(id, MessageId::of_foreign("order-18"));
+        assert_ne!(id, MessageId::of_foreign("Order-17"));
+        assert!(!id.is_missing() && MessageId::missing().is_missing());
+        assert!(!MessageId::new().is_missing());
     }
 
     #[test]

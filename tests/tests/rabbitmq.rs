@@ -173,7 +173,7 @@ async fn a_retry_copy_waits_in_the_wait_queue() {
     let got = inbox.take(2, "both attempts").await;
     let (attempt, copy) = &got[1];
     assert_eq!(*attempt, 2);
-    let wait_queue = format!("{}.wait", anybus::retry_topic(&topic, &group));
+    let wait_queue = format!("{}.%wait", anybus::retry_topic(&topic, &group));
     let headers = copy.headers();
     assert_eq!(
         headers.get_str("x-first-death-queue"),
@@ -271,5 +271,111 @@ async fn a_pattern_subscription_handles_topics_that_only_look_like_helpers() {
             .expect("publish");
     }
     assert_eq!(handled.take(topics.len(), "every user topic").await, topics);
+    app.shutdown().await.expect("shutdown");
+}
+
+/// Topic `a` with group `b.c` and topic `a.b` with group `c` once shared the queue `a.b.c`, so
+/// each group took the other's events: each must get its own topic's events, and only those.
+/// (One group at a time, so that which member the broker picks cannot hide a shared queue.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_whose_names_run_into_each_other_keep_their_own_events() {
+    use anybus::{HandlerError, Message, Subscription};
+    let env = anybus_conformance::Env::rabbitmq();
+    let a = env.unique("collide");
+    let ab = format!("{a}.b");
+    let (tx, mut handled) = anybus_conformance::Inbox::new();
+    let member = |topic: &str, group: &str| {
+        let tx = tx.clone();
+        Subscription::builder([topic])
+            .name(group)
+            .group(group)
+            .handler(move |m: Message| {
+                let _ = tx.send((m.topic().to_owned(), m.payload().clone()));
+                std::future::ready(Ok::<(), HandlerError>(()))
+            })
+    };
+    // Group `c` on `a.b` has its queue, then is away while its event comes.
+    env.start(vec![member(&ab, "c")])
+        .await
+        .shutdown()
+        .await
+        .expect("shutdown");
+    let app = env.start(vec![member(&a, "b.c")]).await;
+    for (topic, payload) in [(&ab, "for c"), (&a, "for b.c")] {
+        app.publisher()
+            .send(Message::new(topic.as_str(), payload))
+            .await
+            .expect("publish");
+    }
+    assert_eq!(
+        handled.next("the event of group b.c").await,
+        (a.clone(), "for b.c".into()),
+        "group b.c handled group c's event"
+    );
+    app.shutdown().await.expect("shutdown");
+    assert!(handled.drain_ready().is_empty());
+    let app = env.start(vec![member(&ab, "c")]).await;
+    assert_eq!(
+        handled.next("the event of group c").await,
+        (ab.clone(), "for c".into())
+    );
+    app.shutdown().await.expect("shutdown");
+}
+
+/// A wait queue was bound to the events exchange by `{retry topic}.wait`, so an event on a user
+/// topic of that name also landed in it, without a TTL, at its head, where RabbitMQ expires
+/// messages: every retry copy behind it waited forever. Wait queues have an exchange of their
+/// own now, and the retry comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_on_a_topic_named_like_a_wait_queue_does_not_hold_up_retries() {
+    use anybus::{Backoff, Context, HandlerError, Message, RetryMode, RetrySpec, Subscription};
+    let env = anybus_conformance::Env::rabbitmq();
+    let topic = env.unique("wait-name");
+    let group = env.unique("g");
+    let lookalike = format!("{}.wait", anybus::retry_topic(&topic, &group));
+    let (tx, mut inbox) = anybus_conformance::Inbox::new();
+    let (other_tx, mut other) = anybus_conformance::Inbox::new();
+    let app = env
+        .start(vec![
+            Subscription::builder([&topic])
+                .name("retrying")
+                .group(&group)
+                .retry(RetrySpec {
+                    max_attempts: 2,
+                    backoff: Backoff::Fixed,
+                    initial: Duration::from_millis(50),
+                    max: Duration::from_millis(50),
+                    jitter: false,
+                    mode: RetryMode::Redeliver,
+                })
+                .handler(move |_: Message, ctx: Context| {
+                    let attempt = ctx.attempt();
+                    let _ = tx.send(attempt);
+                    std::future::ready(if attempt == 1 {
+                        Err(HandlerError::transient(std::io::Error::other("later")))
+                    } else {
+                        Ok(())
+                    })
+                }),
+            Subscription::builder([&lookalike])
+                .name("lookalike")
+                .group(env.unique("h"))
+                .handler(move |m: Message| {
+                    let _ = other_tx.send(m.payload().clone());
+                    std::future::ready(Ok::<(), HandlerError>(()))
+                }),
+        ])
+        .await;
+    let publisher = app.publisher();
+    publisher
+        .send(Message::new(lookalike.as_str(), "user event"))
+        .await
+        .expect("publish");
+    assert_eq!(other.next("the user topic's event").await, "user event");
+    publisher
+        .send(Message::new(topic.as_str(), "x"))
+        .await
+        .expect("publish");
+    assert_eq!(inbox.take(2, "both attempts").await, [1, 2]);
     app.shutdown().await.expect("shutdown");
 }

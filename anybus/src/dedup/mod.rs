@@ -204,10 +204,17 @@ fn scrub(url: &str, text: &str) -> String {
 /// The dedup key of `message` under `by`, or why it has none. (A Kafka record from a producer
 /// other than anybus has no message id header; its id is made from its topic, partition and
 /// offset, so redeliveries of the record share it, but the same event produced twice does not.
-/// A RabbitMQ message without a `message-id` gets a fresh id on every delivery. Deduplicate
-/// such topics by a field or a header.)
+/// A RabbitMQ message without a `message-id` has none, [`MessageId::missing`], and no key:
+/// deduplicate such topics by a field or a header.)
+///
+/// [`MessageId::missing`]: crate::MessageId::missing
 pub fn key_of(message: &Message, by: &DedupKey) -> Result<String, KeyError> {
     match by {
+        DedupKey::MessageId if message.id().is_missing() => Err(KeyError::Missing(
+            "the message has no message id to deduplicate by (it came without one, as a \
+             RabbitMQ message without `message-id` does)"
+                .into(),
+        )),
         DedupKey::MessageId => Ok(message.id().to_string()),
         DedupKey::Header(name) => message
             .headers()
@@ -279,6 +286,11 @@ mod tests {
         )
         .with_headers(headers);
         assert_eq!(key_of(&m, &DedupKey::MessageId), Ok(m.id().to_string()));
+        let without_id = m.clone().with_id(crate::MessageId::missing());
+        let no_id = key_of(&without_id, &DedupKey::MessageId)
+            .expect_err("no id")
+            .to_string();
+        assert!(no_id.contains("no message id"), "{no_id}");
         assert_eq!(
             key_of(&m, &DedupKey::Header("x-request-id".into())),
             Ok("r-1".into())

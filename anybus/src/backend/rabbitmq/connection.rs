@@ -15,25 +15,32 @@ use futures_util::StreamExt;
 use lapin::{Connection, Event};
 use tokio::sync::{watch, Notify};
 
+use super::declare::DeclareError;
 use super::target::Target;
-use super::topology::{DeclareError, Topology};
+use super::topology::Topology;
 use crate::url::ConnectError;
 
 /// The first wait before reconnecting.
 pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
-/// The cap of the wait between two reconnection attempts, before jitter (which adds up to as
-/// much again, so that many clients of a restarted broker do not come back at once).
+/// The longest wait between two reconnection attempts, jitter included: a restarted broker is
+/// found at most this long after it answers again.
 pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
 
-/// Waits between attempts: exponential from [`RECONNECT_MIN_DELAY`], capped at
-/// [`RECONNECT_MAX_DELAY`], with jitter, never giving up.
+/// Waits between attempts: exponential from [`RECONNECT_MIN_DELAY`], with jitter, never longer
+/// than [`RECONNECT_MAX_DELAY`], never giving up.
+///
+/// backon's jitter adds up to the delay again on top of it, so the exponential part is capped
+/// at half the cap: the waits near the top spread over the upper half of the cap (many clients
+/// of a restarted broker do not come back at once) and never pass it.
 pub(super) fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(RECONNECT_MIN_DELAY)
-        .with_max_delay(RECONNECT_MAX_DELAY)
+        .with_max_delay(RECONNECT_MAX_DELAY / 2)
         .with_jitter()
         .without_max_times()
         .build()
+        // backon's jitter is `delay × (1 + r)` with `r < 1` in f32; the clamp covers rounding.
+        .map(|delay| delay.min(RECONNECT_MAX_DELAY))
 }
 
 /// One connection, numbered so that users can tell a new one from the one they had.
@@ -211,7 +218,7 @@ impl Link {
     }
 }
 
-/// Declares `topology` on a channel of its own.
+/// Declares `topology` on a channel of its own, and cuts its superseded queues off.
 pub(super) async fn declare(
     connection: &Connection,
     topology: &Topology,
@@ -224,7 +231,9 @@ pub(super) async fn declare(
     if channel.status().connected() {
         let _ = channel.close(200, "declared".into()).await;
     }
-    Ok(declared?)
+    declared?;
+    super::superseded::retire(connection, topology).await;
+    Ok(())
 }
 
 /// How long closing waits for the broker's answer (the close itself gives up after 2 s).
@@ -319,14 +328,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_to_its_cap_and_never_ends() {
-        let delays: Vec<Duration> = backoff().take(40).collect();
-        assert_eq!(delays.len(), 40);
-        assert!(delays[0] >= RECONNECT_MIN_DELAY);
-        assert!(
-            delays.iter().all(|d| *d <= RECONNECT_MAX_DELAY * 2),
-            "{delays:?}"
-        );
-        assert!(delays[39] >= RECONNECT_MAX_DELAY, "{delays:?}");
+    fn backoff_grows_from_its_first_delay_and_never_passes_its_cap() {
+        for _ in 0..1_000 {
+            let delays: Vec<Duration> = backoff().take(40).collect();
+            assert_eq!(delays.len(), 40, "it never gives up");
+            assert!(
+                delays.iter().all(|d| *d <= RECONNECT_MAX_DELAY),
+                "a wait passed the cap: {delays:?}"
+            );
+            assert!(
+                delays[0] >= RECONNECT_MIN_DELAY && delays[0] < RECONNECT_MIN_DELAY * 2,
+                "{delays:?}"
+            );
+            // Without jitter the n-th wait would be 100 ms × 2ⁿ up to half the cap; jitter
+            // only lengthens it.
+            for (n, delay) in delays.iter().enumerate() {
+                let floor =
+                    (RECONNECT_MIN_DELAY * 2u32.pow(n.min(10) as u32)).min(RECONNECT_MAX_DELAY / 2);
+                assert!(*delay >= floor, "wait {n} is {delay:?}: {delays:?}");
+            }
+        }
     }
 }

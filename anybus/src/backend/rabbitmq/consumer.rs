@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use super::connection::Link;
 use super::feed::{Feed, Plan};
 use super::generation::ChannelGeneration;
+use super::superseded;
 use super::topology::{self, Topology};
 use crate::backend::{BackendError, Consumer, ConsumerConfig, Delivery, Receipt, Settler};
 use crate::handler::BoxFuture;
@@ -109,14 +110,15 @@ impl RabbitConsumer {
         );
         let first = match link.current() {
             Some(session) => {
-                Some(
-                    feed.open(&session)
-                        .await
-                        .map_err(|e| BackendError::Declare {
-                            topic: config.topics.join(","),
-                            reason: link.target().scrub(&e.to_string()),
-                        })?,
-                )
+                let opened = feed
+                    .open(&session)
+                    .await
+                    .map_err(|e| BackendError::Declare {
+                        topic: config.topics.join(","),
+                        reason: link.target().scrub(&e.to_string()),
+                    })?;
+                superseded::retire(&session.connection, feed.topology()).await;
+                Some(opened)
             }
             // Reconnecting: the feed opens the channel when the connection is back.
             None => None,

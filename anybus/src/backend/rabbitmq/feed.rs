@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{backoff, Link, Session, SetupError};
 use super::consumer::{Command, QueueSettler};
+use super::declare::short_name;
 use super::properties;
-use super::topology::{short_name, Source, Topology};
+use super::topology::{Source, Topology};
 use crate::backend::{Delivery, Receipt};
 use crate::observe::{SubscriptionStats, TopicPartition};
 

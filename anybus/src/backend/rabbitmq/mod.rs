@@ -5,8 +5,9 @@
 //!
 //! - **A topic is a routing key** on one durable topic exchange, `anybus`. Publishing an event
 //!   publishes it to that exchange with the topic as routing key.
-//! - **A consumer group owns a durable queue per topic**, `{topic}.{group}`, bound to the
-//!   exchange with the topic as binding key. So every group gets every event once, and the
+//! - **A consumer group owns a durable queue per topic**, `{topic}.{group}` with `%` and `.` of
+//!   the group written `%25` and `%2E` ([`topology::group_queue`]: no two pairs share a queue),
+//!   bound to the exchange with the topic as binding key. So every group gets every event once, and the
 //!   **members of a group share its queue**: the broker hands each message to one of them.
 //!   There are no partitions: each member reports `[topic:0]` per queue as its assignment, and
 //!   `partitions` in a subscription is ignored. As the exchange matches binding keys as
@@ -22,11 +23,13 @@
 //!   app that may dead-letter to it starts, so that queue holds every dead letter for
 //!   [`replay`](crate::replay()), whether or not a replay ever ran.
 //! - **Redeliver-later retries** go to the group's retry topic through its wait queue,
-//!   `{retry topic}.wait`, declared with the consumer: a retry copy is published there with a
+//!   `{retry topic}.%wait`, declared with the consumer and bound to its own exchange,
+//!   `anybus.wait`, so that no topic routes into it: a retry copy is published there with a
 //!   per-message TTL (`expiration`) until its due time, and the queue dead-letters it back to the
 //!   events exchange with the retry topic as routing key, into the group's retry queue.
 //! - **Request/reply** uses the runtime's private reply topic per app (`anybus.replies.<uuid>`),
-//!   whose queue is named after it, is not durable, and expires a minute after its app is gone.
+//!   whose queue, `{reply topic}.%reply`, is not durable and expires a minute after its app is
+//!   gone.
 //!
 //! The names and arguments above are data, a [`topology::Topology`] built from a subscription's
 //! group and topics. It is declared when a consumer starts, and declared again, with the base
@@ -36,7 +39,7 @@
 //!
 //! Published events are persistent, carry the message id as AMQP `message-id`, the key in the
 //! header `anybus-key`, and every header as a byte string in the AMQP header table (see
-//! [`properties`]). A received message's origin names its topic (the routing key it was
+//! [`properties`], which also says how a foreign `message-id`, or none, becomes an id). A received message's origin names its topic (the routing key it was
 //! published with) and its delivery tag; it has no partition or offset.
 //!
 //! # Delivery
@@ -94,10 +97,13 @@
 
 mod connection;
 mod consumer;
+mod declare;
 mod feed;
 mod generation;
+mod naming;
 pub mod properties;
 mod publisher;
+mod superseded;
 mod target;
 pub mod topology;
 

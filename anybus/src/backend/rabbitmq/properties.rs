@@ -1,7 +1,13 @@
 //! How a [`Message`] travels as an AMQP message, and back.
 //!
 //! - The topic is the routing key on the events exchange.
-//! - The message id is the AMQP `message-id` property (the UUID's text).
+//! - The message id is the AMQP `message-id` property (the UUID's text). A `message-id` that
+//!   another producer wrote in any other form (`order-17`) is kept: the message's id is
+//!   [`MessageId::of_foreign`] of it, the same on every delivery, and the text itself is the
+//!   header [`FOREIGN_ID_HEADER`], from which a dead letter, retry copy or replay of the
+//!   message is sent with that `message-id` again. A message without `message-id` has the id
+//!   [`MessageId::missing`] (so deduplicating by message id refuses it, naming the cause) and is
+//!   sent on without one.
 //! - The key, which AMQP has no place for, is the header [`KEY_HEADER`].
 //! - Headers are the AMQP header table, each value a byte string. A name given more than once
 //!   becomes an array of its values, in order; AMQP tables order names by themselves, so the
@@ -22,6 +28,11 @@ use crate::message::{Headers, Message, MessageId, Origin};
 
 /// The header that carries a message's key.
 pub const KEY_HEADER: &str = "anybus-key";
+
+/// The header that carries a foreign `message-id` that is not a UUID, as it came (see the module
+/// docs). On a message with such a `message-id`, a header of that name in the AMQP table is
+/// replaced by it.
+pub const FOREIGN_ID_HEADER: &str = "anybus-amqp-message-id";
 
 /// `delivery-mode` of a message the broker writes to disk.
 const PERSISTENT: u8 = 2;
@@ -51,7 +62,11 @@ pub(super) fn outgoing(message: &Message) -> Result<Outgoing, Unsendable> {
     if let Some(key) = message.key() {
         table.insert(KEY_HEADER.into(), bytes_value(key));
     }
+    let foreign_id = foreign_id(message);
     for (name, value) in message.headers().iter() {
+        if foreign_id.is_some() && name == FOREIGN_ID_HEADER {
+            continue;
+        }
         let name = ShortString::try_new(name)
             .map_err(|_| Unsendable::HeaderNameTooLong(name.chars().take(32).collect()))?;
         let value = bytes_value(value);
@@ -68,9 +83,13 @@ pub(super) fn outgoing(message: &Message) -> Result<Outgoing, Unsendable> {
     }
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
-        // A UUID's text is 36 bytes: always a valid short string.
-        .with_message_id(message.id().to_string().into())
         .with_headers(table);
+    if let Some(original) = foreign_id {
+        properties = properties.with_message_id(original);
+    } else if !message.id().is_missing() {
+        // A UUID's text is 36 bytes: always a valid short string.
+        properties = properties.with_message_id(message.id().to_string().into());
+    }
     if let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) {
         properties = properties.with_timestamp(now.as_secs());
     }
@@ -78,6 +97,35 @@ pub(super) fn outgoing(message: &Message) -> Result<Outgoing, Unsendable> {
         routing_key,
         properties,
     })
+}
+
+/// The foreign `message-id` that `message`'s id was made from, when the header that carries it
+/// says so truly: a header that does not give back the message's id is sent as a header.
+fn foreign_id(message: &Message) -> Option<ShortString> {
+    let text = message.headers().get_str(FOREIGN_ID_HEADER)?;
+    if MessageId::of_foreign(text) != message.id() {
+        return None;
+    }
+    ShortString::try_new(text).ok()
+}
+
+/// The id of a delivery: its `message-id` if that is a UUID in anybus's own text form, else one
+/// made from the `message-id` as it is (which `headers` then keeps), else missing.
+fn incoming_id(properties: &BasicProperties, headers: &mut Headers) -> MessageId {
+    let Some(text) = properties.message_id().as_ref().map(|id| id.as_str()) else {
+        return MessageId::missing();
+    };
+    if text.is_empty() {
+        return MessageId::missing();
+    }
+    let mut own = uuid::Uuid::encode_buffer();
+    match MessageId::parse(text) {
+        Some(id) if id.as_uuid().hyphenated().encode_lower(&mut own) == text => id,
+        _ => {
+            headers.insert(FOREIGN_ID_HEADER, Bytes::copy_from_slice(text.as_bytes()));
+            MessageId::of_foreign(text)
+        }
+    }
 }
 
 /// The message a delivery carries, its origin saying topic and delivery tag.
@@ -102,28 +150,14 @@ pub(super) fn incoming(
             }
         }
     }
+    let id = incoming_id(properties, &mut headers);
     let mut origin = Origin::topic(topic);
     origin.delivery_tag = Some(delivery_tag);
     origin.timestamp_ms = properties
         .timestamp()
         .and_then(|secs| i64::try_from(secs).ok())
         .map(|secs| secs.saturating_mul(1000));
-    let mut message = Message::new(Arc::clone(&origin.topic), Bytes::from(payload))
-        .with_headers(headers)
-        .with_origin(origin);
-    if let Some(key) = key {
-        message = message.with_key(key);
-    }
-    if let Some(id) = properties.message_id().as_ref().map(|id| id.as_str()) {
-        match MessageId::parse(id) {
-            Some(id) => message = message.with_id(id),
-            None => tracing::debug!(
-                message_id = id,
-                "message id is not a UUID; the message gets a new one"
-            ),
-        }
-    }
-    message
+    Message::from_parts(id, key, headers, Bytes::from(payload), origin)
 }
 
 fn bytes_value(bytes: &Bytes) -> AMQPValue {
@@ -241,6 +275,63 @@ mod tests {
         assert_eq!(got.headers().get_str("flag"), Some("true"));
         assert_eq!(got.headers().get("nested"), None);
         assert_eq!(got.key(), None);
+    }
+
+    fn delivered(properties: &BasicProperties) -> Message {
+        incoming(Arc::from("t"), 1, properties, b"x".to_vec())
+    }
+
+    #[test]
+    fn a_foreign_message_id_of_any_form_is_kept_on_every_delivery() {
+        let uppercase = MessageId::new().to_string().to_uppercase();
+        for text in ["order-17", uppercase.as_str()] {
+            let properties = BasicProperties::default().with_message_id(text.into());
+            let (first, again) = (delivered(&properties), delivered(&properties));
+            assert_eq!(first.id(), MessageId::of_foreign(text));
+            assert_eq!(again.id(), first.id());
+            assert_eq!(first.headers().get_str(FOREIGN_ID_HEADER), Some(text));
+
+            // A dead letter, retry copy or replay goes out with the `message-id` it came with.
+            let out = outgoing(&first).unwrap();
+            assert_eq!(
+                out.properties.message_id().as_ref().map(|id| id.as_str()),
+                Some(text)
+            );
+            let table = out.properties.headers().clone().unwrap_or_default();
+            assert!(!table.inner().contains_key(FOREIGN_ID_HEADER), "{table:?}");
+            assert_eq!(delivered(&out.properties).id(), first.id());
+        }
+    }
+
+    #[test]
+    fn a_header_that_does_not_give_back_the_id_is_only_a_header() {
+        let mut headers = Headers::new();
+        headers.append(FOREIGN_ID_HEADER, "order-17");
+        let own = Message::new("t", "").with_headers(headers);
+        let out = outgoing(&own).unwrap();
+        let sent = own.id().to_string();
+        assert_eq!(
+            out.properties.message_id().as_ref().map(|id| id.as_str()),
+            Some(sent.as_str())
+        );
+        let got = delivered(&out.properties);
+        assert_eq!(got.id(), own.id());
+        assert_eq!(got.headers().get_str(FOREIGN_ID_HEADER), Some("order-17"));
+    }
+
+    #[test]
+    fn a_message_without_an_id_is_missing_one_on_every_delivery() {
+        for properties in [
+            BasicProperties::default(),
+            BasicProperties::default().with_message_id("".into()),
+        ] {
+            let (first, again) = (delivered(&properties), delivered(&properties));
+            assert!(first.id().is_missing(), "{:?}", first.id());
+            assert_eq!(again.id(), first.id());
+            assert_eq!(first.headers().get(FOREIGN_ID_HEADER), None);
+            let out = outgoing(&first).unwrap();
+            assert_eq!(*out.properties.message_id(), None, "sent on without one");
+        }
     }
 
     #[test]

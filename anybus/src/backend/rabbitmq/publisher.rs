@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::connection::{backoff, Link, SetupError};
 use super::properties::{self, Outgoing};
-use super::topology::{self, Topology, EVENTS_EXCHANGE, UNROUTED_QUEUE};
+use super::topology::{Topology, EVENTS_EXCHANGE, UNROUTED_QUEUE, WAIT_EXCHANGE};
 use crate::backend::PublishError;
 use crate::message::{Message, Origin};
 
@@ -75,10 +75,12 @@ impl Publisher {
             reason: e.to_string(),
         })?;
         // A retry copy that is not due yet waits in its topic's wait queue, when a consumer of
-        // this app declared one, and comes back to the topic when its TTL runs out.
+        // this app declared one, and comes back to the topic when its TTL runs out. It goes
+        // through an exchange of its own, so that no subscription (a `#` pattern) sees it early.
+        let mut exchange = EVENTS_EXCHANGE;
         if let Some(wait) = not_due_yet(&message) {
             if self.link.waits_for(&topic) {
-                outgoing.routing_key = topology::wait_queue(&topic).into();
+                exchange = WAIT_EXCHANGE;
                 let ms = wait.as_millis().max(1).to_string();
                 outgoing.properties = outgoing.properties.with_expiration(ms.into());
             }
@@ -86,7 +88,8 @@ impl Publisher {
         let deadline = Instant::now() + PUBLISH_PATIENCE;
         let mut delays = backoff();
         loop {
-            let failure = match self.attempt(&outgoing, message.payload(), deadline).await {
+            let attempt = self.attempt(exchange, &outgoing, message.payload(), deadline);
+            let failure = match attempt.await {
                 Ok(()) => return Ok(Origin::topic(Arc::clone(&message.origin().topic))),
                 Err(Attempt::Refused(reason)) => {
                     return Err(PublishError::Rejected { topic, reason })
@@ -109,6 +112,7 @@ impl Publisher {
 
     async fn attempt(
         &self,
+        exchange: &str,
         outgoing: &Outgoing,
         payload: &[u8],
         deadline: Instant,
@@ -123,7 +127,7 @@ impl Publisher {
         };
         let published = channel
             .basic_publish(
-                EVENTS_EXCHANGE.into(),
+                exchange.into(),
                 outgoing.routing_key.clone(),
                 options,
                 payload,

@@ -1,26 +1,30 @@
 //! The exchanges, queues and bindings a subscription needs, as plain data.
 //!
 //! Every event goes through one durable topic exchange, [`EVENTS_EXCHANGE`], with its topic as
-//! the routing key. A consumer group owns one durable queue per topic, `{topic}.{group}`, bound
-//! to that exchange with the topic as binding key: every group gets every event once, and the
+//! the routing key. A consumer group owns one durable queue per topic, `{topic}.{group}` (with
+//! `%` and `.` of the group encoded, see [`group_queue`]: no two pairs share a queue), bound to
+//! that exchange with the topic as binding key: every group gets every event once, and the
 //! members of a group share the queue. An event whose topic no queue is bound to is not lost: the
 //! events exchange hands it to its alternate exchange, [`UNROUTED_EXCHANGE`], which keeps it in
 //! [`UNROUTED_QUEUE`] (bounded: once full, publishing such events is refused with an error).
 //! The app's private reply topic (`anybus.replies.<uuid>`, consumed by a group of the same
-//! name) gets a non-durable queue of that name which the broker deletes a minute after its app
-//! is gone.
+//! name) gets a non-durable queue, [`reply_queue`], which the broker deletes a minute after its
+//! app is gone. Retry copies that are not due yet go to [`WAIT_EXCHANGE`], apart from the events,
+//! so that no topic and no pattern subscription ever routes into a wait queue.
 //!
 //! A [`Topology`] is what one consumer declares before it consumes; the connection remembers
 //! every topology declared through it and declares them all again on each new connection, so a
 //! broker restart or a deleted queue heals. Declaring is idempotent: the broker accepts a
-//! declaration equal to what exists. Dead-letter and retry destinations will be more values
-//! here, built from the same subscription.
+//! declaration equal to what exists. A group queue that earlier versions named otherwise is
+//! listed in [`Topology::superseded`], for the connection to unbind from its topic.
 //!
 //! ```
 //! use anybus::backend::rabbitmq::topology::{Binding, Topology, EVENTS_EXCHANGE};
 //!
 //! let (topology, sources) = Topology::for_group("inventory", &["orders.created".into()]).unwrap();
 //! assert_eq!(sources[0].queue, "orders.created.inventory");
+//! let (_, dotted) = Topology::for_group("eu.inventory", &["orders.created".into()]).unwrap();
+//! assert_eq!(dotted[0].queue, "orders.created.eu%2Einventory");
 //! assert!(topology.bindings.contains(&Binding {
 //!     queue: "orders.created.inventory".into(),
 //!     exchange: EVENTS_EXCHANGE.into(),
@@ -28,14 +32,14 @@
 //! }));
 //! ```
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
-
+pub use super::naming::{group_queue, reply_queue, wait_queue};
 use crate::subscription::SubscriptionSpec;
 
 /// The topic exchange every event is published to, with its topic as routing key.
 pub const EVENTS_EXCHANGE: &str = "anybus";
+/// The direct exchange retry copies wait through: each wait queue is bound to it with its retry
+/// topic as routing key.
+pub const WAIT_EXCHANGE: &str = "anybus.wait";
 /// The alternate exchange of [`EVENTS_EXCHANGE`]: where events go that no queue is bound for.
 pub const UNROUTED_EXCHANGE: &str = "anybus.unrouted";
 /// The queue that keeps unrouted events, for an operator to inspect or move.
@@ -48,7 +52,7 @@ pub const REPLY_TOPIC_PREFIX: &str = "anybus.replies.";
 pub const REPLY_QUEUE_EXPIRY_MS: i32 = 60_000;
 
 /// AMQP names (exchanges, queues, routing keys) are at most 255 bytes.
-const MAX_NAME: usize = 255;
+pub(super) const MAX_NAME: usize = 255;
 
 /// Why a topology cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,16 @@ pub enum TopologyError {
         /// The name.
         name: String,
     },
+    /// A group's queue would be one anybus keeps for itself.
+    #[error("the queue of group `{group}` on topic `{topic}` would be `{queue}`, which anybus keeps for itself")]
+    Reserved {
+        /// The topic.
+        topic: String,
+        /// The group.
+        group: String,
+        /// The queue.
+        queue: String,
+    },
 }
 
 /// The kind of an exchange.
@@ -71,6 +85,8 @@ pub enum ExchangeType {
     Topic,
     /// Routes to every bound queue.
     Fanout,
+    /// Routes by routing key equal to the binding key.
+    Direct,
 }
 
 /// A value in a declaration's arguments.
@@ -126,6 +142,16 @@ pub struct Source {
     pub queue: String,
 }
 
+/// A group queue under the name earlier versions gave it (`{topic}.{group}`, which could be
+/// another pair's), and the queue that replaces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superseded {
+    /// The binding earlier versions made: the old name, the events exchange, the topic.
+    pub binding: Binding,
+    /// The queue the group consumes now.
+    pub replacement: String,
+}
+
 /// Exchanges, queues and bindings, declared in that order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Topology {
@@ -135,6 +161,8 @@ pub struct Topology {
     pub queues: Vec<Queue>,
     /// Bindings.
     pub bindings: Vec<Binding>,
+    /// Bindings of earlier versions' group queues, to remove.
+    pub superseded: Vec<Superseded>,
 }
 
 impl Topology {
@@ -145,6 +173,12 @@ impl Topology {
                 Exchange {
                     name: UNROUTED_EXCHANGE.into(),
                     kind: ExchangeType::Fanout,
+                    durable: true,
+                    arguments: Vec::new(),
+                },
+                Exchange {
+                    name: WAIT_EXCHANGE.into(),
+                    kind: ExchangeType::Direct,
                     durable: true,
                     arguments: Vec::new(),
                 },
@@ -171,6 +205,7 @@ impl Topology {
                 exchange: UNROUTED_EXCHANGE.into(),
                 routing_key: String::new(),
             }],
+            superseded: Vec::new(),
         }
     }
 
@@ -183,11 +218,37 @@ impl Topology {
             check_name("topic", topic)?;
             let reply = topic.starts_with(REPLY_TOPIC_PREFIX) && topic == group;
             let queue = if reply {
-                topic.clone()
+                reply_queue(topic)
             } else {
-                queue_name(topic, group)
+                group_queue(topic, group)
             };
             check_name("queue", &queue)?;
+            if queue == UNROUTED_QUEUE {
+                return Err(TopologyError::Reserved {
+                    topic: topic.clone(),
+                    group: group.to_owned(),
+                    queue,
+                });
+            }
+            let superseded = if reply {
+                // A reply queue of an earlier version expired a minute after its app stopped.
+                None
+            } else {
+                super::naming::superseded_group_queue(topic, group)
+            };
+            if let Some(old) = superseded {
+                let superseded = Superseded {
+                    binding: Binding {
+                        queue: old,
+                        exchange: EVENTS_EXCHANGE.into(),
+                        routing_key: topic.clone(),
+                    },
+                    replacement: queue.clone(),
+                };
+                if !topology.superseded.contains(&superseded) {
+                    topology.superseded.push(superseded);
+                }
+            }
             let (durable, arguments) = if reply {
                 let expiry = ("x-expires".into(), Argument::Int(REPLY_QUEUE_EXPIRY_MS));
                 (false, vec![expiry])
@@ -212,8 +273,8 @@ impl Topology {
         Ok((topology, sources))
     }
 
-    /// Adds the wait queue of `topic` (see [`wait_queue`]): a durable queue bound to the events
-    /// exchange with the routing key `{topic}.wait`, whose messages, once their per-message TTL
+    /// Adds the wait queue of `topic` (see [`wait_queue`]): a durable queue bound to
+    /// [`WAIT_EXCHANGE`] with `topic` as routing key, whose messages, once their per-message TTL
     /// (`expiration`) ran out, are dead-lettered back to the events exchange with `topic` as
     /// routing key. Redeliver-later retry copies wait there instead of in a consumer.
     pub fn add_wait(&mut self, topic: &str) -> Result<(), TopologyError> {
@@ -234,9 +295,9 @@ impl Topology {
             ],
         });
         self.add_binding(Binding {
-            queue: queue.clone(),
-            exchange: EVENTS_EXCHANGE.into(),
-            routing_key: queue,
+            queue,
+            exchange: WAIT_EXCHANGE.into(),
+            routing_key: topic.into(),
         });
         Ok(())
     }
@@ -265,6 +326,11 @@ impl Topology {
         for binding in &other.bindings {
             self.add_binding(binding.clone());
         }
+        for superseded in &other.superseded {
+            if !self.superseded.contains(superseded) {
+                self.superseded.push(superseded.clone());
+            }
+        }
     }
 
     fn add_queue(&mut self, queue: Queue) {
@@ -278,60 +344,6 @@ impl Topology {
             self.bindings.push(binding);
         }
     }
-
-    /// Declares everything on `channel`: exchanges, then queues, then bindings.
-    pub(super) async fn declare(&self, channel: &Channel) -> Result<(), DeclareError> {
-        for e in &self.exchanges {
-            let kind = match e.kind {
-                ExchangeType::Topic => ExchangeKind::Topic,
-                ExchangeType::Fanout => ExchangeKind::Fanout,
-            };
-            let options = ExchangeDeclareOptions {
-                durable: e.durable,
-                ..ExchangeDeclareOptions::default()
-            };
-            channel
-                .exchange_declare(short_name(&e.name)?, kind, options, table(&e.arguments)?)
-                .await
-                .map_err(|source| DeclareError::new("exchange", &e.name, source))?;
-        }
-        for q in &self.queues {
-            let options = QueueDeclareOptions {
-                durable: q.durable,
-                ..QueueDeclareOptions::default()
-            };
-            channel
-                .queue_declare(short_name(&q.name)?, options, table(&q.arguments)?)
-                .await
-                .map_err(|source| DeclareError::new("queue", &q.name, source))?;
-        }
-        for b in &self.bindings {
-            channel
-                .queue_bind(
-                    short_name(&b.queue)?,
-                    short_name(&b.exchange)?,
-                    short_name(&b.routing_key)?,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|source| {
-                    let what = format!("{} -> {} ({})", b.exchange, b.queue, b.routing_key);
-                    DeclareError::new("binding", &what, source)
-                })?;
-        }
-        Ok(())
-    }
-}
-
-/// The wait queue of `topic`, also its routing key: `{topic}.wait`.
-pub fn wait_queue(topic: &str) -> String {
-    format!("{topic}.wait")
-}
-
-/// The queue of `group` on `topic`.
-pub fn queue_name(topic: &str, group: &str) -> String {
-    format!("{topic}.{group}")
 }
 
 /// Checks that `name` fits AMQP's 255 bytes.
@@ -343,50 +355,6 @@ pub(super) fn check_name(what: &'static str, name: &str) -> Result<(), TopologyE
         });
     }
     Ok(())
-}
-
-/// Why the broker did not accept part of a topology.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot declare {what} `{name}`: {reason}")]
-pub(super) struct DeclareError {
-    what: &'static str,
-    pub(super) name: String,
-    reason: String,
-    #[source]
-    pub(super) source: Option<Box<lapin::Error>>,
-}
-
-impl DeclareError {
-    fn new(what: &'static str, name: &str, source: lapin::Error) -> Self {
-        Self {
-            what,
-            name: name.to_owned(),
-            reason: source.to_string(),
-            source: Some(Box::new(source)),
-        }
-    }
-}
-
-/// `text` as an AMQP short string (exchange, queue and routing key names).
-pub(super) fn short_name(text: &str) -> Result<ShortString, DeclareError> {
-    ShortString::try_new(text).map_err(|_| DeclareError {
-        what: "name",
-        name: text.to_owned(),
-        reason: "longer than the 255 bytes AMQP allows".into(),
-        source: None,
-    })
-}
-
-fn table(arguments: &[(String, Argument)]) -> Result<FieldTable, DeclareError> {
-    let mut table = FieldTable::default();
-    for (key, value) in arguments {
-        let value = match value {
-            Argument::Int(n) => AMQPValue::LongInt(*n),
-            Argument::Text(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-        };
-        table.insert(short_name(key)?, value);
-    }
-    Ok(table)
 }
 
 #[cfg(test)]
@@ -442,8 +410,13 @@ mod tests {
     fn a_reply_topic_gets_a_private_expiring_queue() {
         let reply = format!("{REPLY_TOPIC_PREFIX}0190");
         let (t, sources) = Topology::for_group(&reply, std::slice::from_ref(&reply)).unwrap();
-        assert_eq!(sources[0].queue, reply);
-        let queue = t.queues.iter().find(|q| q.name == reply).unwrap();
+        assert_eq!(sources[0].queue, reply_queue(&reply));
+        assert!(t.superseded.is_empty(), "a reply queue expires by itself");
+        let queue = t
+            .queues
+            .iter()
+            .find(|q| q.name == sources[0].queue)
+            .unwrap();
         assert!(!queue.durable);
         assert_eq!(
             queue.arguments,
@@ -459,7 +432,7 @@ mod tests {
         all.merge(&a);
         all.merge(&b);
         all.merge(&a);
-        assert_eq!(all.exchanges.len(), 2);
+        assert_eq!(all.exchanges.len(), 3);
         assert_eq!(all.queues.len(), 3, "{:?}", all.queues);
         assert_eq!(all.bindings.len(), 3);
     }
@@ -470,6 +443,63 @@ mod tests {
         spec.group = "mailer".into();
         let (by_group, _) = Topology::for_group("mailer", &spec.topics).unwrap();
         assert_eq!(Topology::for_subscription(&spec).unwrap(), by_group);
+    }
+
+    #[test]
+    fn groups_whose_names_run_into_each_other_get_queues_of_their_own() {
+        let (_, a) = Topology::for_group("b.c", &["a".into()]).unwrap();
+        let (_, b) = Topology::for_group("c", &["a.b".into()]).unwrap();
+        assert_ne!(a[0].queue, b[0].queue);
+        assert_eq!(
+            b[0].queue, "a.b.c",
+            "a group without `.` keeps its queue's name"
+        );
+    }
+
+    #[test]
+    fn a_dotted_groups_old_queue_is_superseded_by_its_new_one() {
+        let (t, sources) = Topology::for_group("b.c", &["a".into()]).unwrap();
+        assert_eq!(
+            t.superseded,
+            [Superseded {
+                binding: Binding {
+                    queue: "a.b.c".into(),
+                    exchange: EVENTS_EXCHANGE.into(),
+                    routing_key: "a".into(),
+                },
+                replacement: sources[0].queue.clone(),
+            }]
+        );
+        let (plain, _) = Topology::for_group("c", &["a.b".into()]).unwrap();
+        assert!(plain.superseded.is_empty());
+        let mut all = plain;
+        all.merge(&t);
+        all.merge(&t);
+        assert_eq!(all.superseded, t.superseded);
+    }
+
+    #[test]
+    fn a_wait_queue_is_bound_to_the_wait_exchange_by_its_topic() {
+        let mut t = Topology::base();
+        t.add_wait("o.retry.g").unwrap();
+        assert!(t.waits_for("o.retry.g"));
+        assert_eq!(
+            t.bindings.last(),
+            Some(&Binding {
+                queue: wait_queue("o.retry.g"),
+                exchange: WAIT_EXCHANGE.into(),
+                routing_key: "o.retry.g".into(),
+            }),
+            "no routing key of the events exchange leads into a wait queue"
+        );
+        let (_, group) = Topology::for_group("wait", &["o.retry.g".into()]).unwrap();
+        assert_ne!(group[0].queue, wait_queue("o.retry.g"));
+    }
+
+    #[test]
+    fn a_group_cannot_take_the_unrouted_queue() {
+        let err = Topology::for_group("unrouted", &["anybus".into()]).unwrap_err();
+        assert!(matches!(err, TopologyError::Reserved { .. }), "{err:?}");
     }
 
     #[test]
