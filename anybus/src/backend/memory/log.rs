@@ -39,6 +39,10 @@ struct Entries {
     list: VecDeque<Entry>,
     /// [`stored_size`] of `list`, summed.
     bytes: u64,
+    /// When `list[0]` gets older than the age bound; `None` when nothing is retained (or never,
+    /// for a bound too long for the clock). Kept so that an append compares two instants
+    /// instead of working out the oldest message's age.
+    expires: Option<Instant>,
 }
 
 struct Entry {
@@ -48,6 +52,7 @@ struct Entry {
 }
 
 impl Entries {
+    /// Drops the oldest message; the caller sets `expires` after the last it drops.
     fn pop_front(&mut self) {
         if let Some(entry) = self.list.pop_front() {
             self.bytes -= entry.size;
@@ -55,16 +60,24 @@ impl Entries {
         }
     }
 
+    fn reset_expiry(&mut self, retention: &Retention) {
+        self.expires = self
+            .list
+            .front()
+            .and_then(|e| e.appended.checked_add(retention.age));
+    }
+
     /// Drops from the front what is over the size bound (never the newest message) or older
     /// than the age bound.
     fn expire(&mut self, retention: &Retention, now: Instant) {
-        while let Some(front) = self.list.front() {
+        loop {
             let over = self.list.len() > 1 && retention.exceeded(self.list.len(), self.bytes);
-            let old = now.saturating_duration_since(front.appended) >= retention.age;
+            let old = self.expires.is_some_and(|at| now >= at);
             if !(over || old) {
                 break;
             }
             self.pop_front();
+            self.reset_expiry(retention);
         }
     }
 }
@@ -91,6 +104,9 @@ impl PartitionLog {
             appended: now,
             size,
         });
+        if log.list.len() == 1 {
+            log.reset_expiry(retention);
+        }
         log.expire(retention, now);
         offset
     }
@@ -125,11 +141,15 @@ impl PartitionLog {
     }
 
     /// Drops every message below `offset`.
-    fn drop_below(&self, offset: i64) {
+    fn drop_below(&self, offset: i64, retention: &Retention) {
         let mut log = self.lock();
+        if log.base >= offset {
+            return;
+        }
         while log.base < offset && !log.list.is_empty() {
             log.pop_front();
         }
+        log.reset_expiry(retention);
     }
 }
 
@@ -209,7 +229,7 @@ impl Topic {
             .map(|committed| committed[partition].load(Ordering::Acquire))
             .min();
         if let Some(offset) = everyone {
-            log.drop_below(offset);
+            log.drop_below(offset, &self.retention);
         }
     }
 }
@@ -284,6 +304,45 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         t.append(Message::new("t", "new"));
         assert_eq!(offsets(&t.partitions[0], 0).1, [1, 2]);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        t.append(Message::new("t", "newer"));
+        assert_eq!(
+            offsets(&t.partitions[0], 0).1,
+            [2, 3],
+            "the next oldest goes in turn"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_age_bound_counts_from_the_oldest_message_left_after_consumption() {
+        let t = topic(Retention {
+            age: Duration::from_secs(60),
+            ..Retention::default()
+        });
+        let reader = t.add_reader();
+        t.append(Message::new("t", "consumed"));
+        tokio::time::advance(Duration::from_secs(50)).await;
+        t.append(Message::new("t", "left"));
+        reader[0].store(1, Ordering::Release);
+        t.consumed(0, 1, true);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        t.append(Message::new("t", "new"));
+        assert_eq!(
+            offsets(&t.partitions[0], 0).1,
+            [1, 2],
+            "1 is 20 s old, not 70"
+        );
+    }
+
+    #[test]
+    fn an_age_bound_beyond_the_clock_never_expires() {
+        let t = topic(Retention {
+            age: Duration::from_millis(u64::MAX),
+            ..Retention::default()
+        });
+        t.append(Message::new("t", "x"));
+        t.append(Message::new("t", "y"));
+        assert_eq!(offsets(&t.partitions[0], 0).1, [0, 1]);
     }
 
     #[test]
