@@ -10,6 +10,7 @@
 //! cargo run --release -p anybus-bench -- retry              # the retry rows alone (+ brokers with the features)
 //! cargo run --release -p anybus-bench --features redis,postgres -- dedup   # the dedup rows (Redis on :6379, PostgreSQL on :5432)
 //! cargo run --release -p anybus-bench -- scenario end-to-end raw 1 multi 20   # one scenario, for perf
+//! cargo run --release -p anybus-bench -- memory-retention 10000000 1000000   # resident memory while 10M flow
 //! cargo run --release -p anybus-bench --features kafka -- kafka-vs-raw   # the Kafka rows against raw rdkafka alone
 //! cargo run --release -p anybus-bench --features kafka -- kafka-consume 4 5 anybus   # Kafka consume runs, for perf
 //! cargo run --release -p anybus-bench --features kafka -- kafka-publish 5 anybus     # Kafka publish runs, for perf
@@ -21,8 +22,8 @@
 //! * **Throughput**: a task publishes N messages one after another while the app handles them;
 //!   the clock runs from the first publish until the group's committed offsets sum to N (the
 //!   last ack). Best and median of several runs, each in a fresh process after a warm-up run
-//!   (the broker keeps every message, so a long-lived process would run each scenario on a
-//!   bigger heap than the last), on a 2-worker multi-thread runtime and on a current-thread one;
+//!   (each run's broker lives on in the process with what it retains, so a long-lived process
+//!   would run each scenario on a bigger heap than the last), on a 2-worker multi-thread runtime and on a current-thread one;
 //!   also consume alone (pre-published) and publish alone.
 //! * **Allocations per message**, from a counting global allocator: N messages are appended to
 //!   the broker first, then the app starts and consumes them; what was allocated from the start
@@ -50,6 +51,7 @@ mod memory;
 mod ordering;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
+mod retention;
 mod retry;
 
 use std::path::PathBuf;
@@ -321,8 +323,8 @@ fn time_run(args: &[String]) {
     println!("{}", took.as_nanos());
 }
 
-/// One timed run in a fresh process of this binary. The broker keeps every message for the
-/// life of the process, so runs in one process would each start on a bigger heap.
+/// One timed run in a fresh process of this binary. Each run's broker keeps what it retains for
+/// the life of the process, so runs in one process would each start on a bigger heap.
 fn time_in_child(
     scenario: Scenario,
     payload: Payload,
@@ -654,6 +656,7 @@ fn main() {
         Some("callgrind-run") => return callgrind_run(&args[1..]),
         Some("scenario") => return scenario(&args[1..]),
         Some("time-run") => return time_run(&args[1..]),
+        Some("memory-retention") => return retention::run(&args[1..]),
         #[cfg(feature = "kafka")]
         Some("kafka-consume") => return kafka::consume_runs(&args[1..]),
         #[cfg(feature = "kafka")]

@@ -1,7 +1,9 @@
 //! The embedded broker's scenarios: end-to-end throughput, allocations per message, and the
 //! phases that callgrind counts instructions of.
 //!
-//! Every scenario runs on a fresh broker, `memory://bench-<uuid>?partitions=P`, with one
+//! Every scenario runs on a fresh broker, `memory://bench-<uuid>?partitions=P&retention.bytes=1
+//! GiB` (the scenarios append up to 200,000 messages to one partition before a consumer
+//! starts, more than the default bound keeps), with one
 //! subscription (group [`GROUP`]) whose handler counts and wakes the bench when the last
 //! message is handled. A scenario is finished when the group's committed offsets sum to the
 //! number of messages, so the last ack is inside the measurement.
@@ -114,10 +116,17 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// A rig on a new broker whose topics get `partitions` partitions.
+    /// A rig on a new broker whose topics get `partitions` partitions, keeping up to 1 GiB a
+    /// partition.
     pub fn new(payload: Payload, partitions: u32) -> Self {
+        Self::with_options(payload, partitions, "&retention.bytes=1073741824")
+    }
+
+    /// A rig on a new broker whose topics get `partitions` partitions, with further URL
+    /// `options` (`&name=value…`; empty for the broker's defaults).
+    pub fn with_options(payload: Payload, partitions: u32, options: &str) -> Self {
         let url = format!(
-            "memory://bench-{}?partitions={partitions}",
+            "memory://bench-{}?partitions={partitions}{options}",
             MessageId::new()
         );
         // Connecting registers the broker with its partition count, so that a topic appended to
@@ -214,6 +223,16 @@ impl Rig {
         while self.committed() < n {
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Messages the handler saw so far.
+    pub fn handled(&self) -> usize {
+        self.handled.load(Ordering::Relaxed)
+    }
+
+    /// Messages the broker retains of the topic.
+    pub fn retained(&self) -> usize {
+        self.broker.messages(&self.topic).len()
     }
 
     /// Offsets the group committed, summed over partitions.

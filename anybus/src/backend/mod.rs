@@ -91,8 +91,9 @@ pub struct TopicSpec {
     /// Partitions for a new topic; `None` leaves it to the backend's default.
     pub partitions: Option<u32>,
     /// A consumer group that must get every message published to the topic from now on, even
-    /// before any member of it starts: RabbitMQ declares the group's queue now. (A partitioned
-    /// log keeps every message anyway, and a new group reads it from the start.)
+    /// before any member of it starts: RabbitMQ declares the group's queue now, the memory
+    /// broker registers the group, so that retention keeps what it has yet to read. (Kafka
+    /// keeps messages by size and age whoever read them, and a new group reads from the start.)
     pub keep_for: Option<String>,
 }
 

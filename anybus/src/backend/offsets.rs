@@ -99,6 +99,15 @@ impl OffsetTracker {
         }
     }
 
+    /// Records that the offsets from [`OffsetTracker::next`] up to `offset` will never be handed
+    /// out: the broker no longer has them (its retention dropped them). With nothing in
+    /// flight, the commit point moves on to `offset`; what is in flight keeps it where it is
+    /// until it finishes. An `offset` at or below `next` changes nothing, so the commit point
+    /// never goes back.
+    pub fn skip_to(&mut self, offset: i64) {
+        self.next = self.next.max(offset);
+    }
+
     /// The offset to commit: everything below it is finished.
     pub fn commit_point(&self) -> i64 {
         self.pending.front().map_or(self.next, |&(o, _)| o)
@@ -141,6 +150,29 @@ mod tests {
         assert!(t.complete(4));
         assert_eq!(t.commit_point(), 5);
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn skipping_dropped_offsets_moves_the_commit_point_only_past_finished_work() {
+        let mut t = OffsetTracker::new(0);
+        t.track(0);
+        t.track(1);
+        t.skip_to(100);
+        assert_eq!(t.commit_point(), 0, "0 and 1 still run");
+        t.track(100);
+        assert!(t.complete(0));
+        assert!(t.complete(1));
+        assert_eq!(
+            t.commit_point(),
+            100,
+            "100 runs; nothing between was handed out"
+        );
+        t.skip_to(50);
+        assert_eq!(t.next(), 101, "never back");
+        assert!(t.complete(100));
+        let mut idle = OffsetTracker::new(5);
+        idle.skip_to(9);
+        assert_eq!((idle.commit_point(), idle.next()), (9, 9));
     }
 
     #[test]

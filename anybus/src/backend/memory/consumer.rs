@@ -137,7 +137,7 @@ impl Member {
                             "drain timed out; handing the partition over with work unfinished"
                         );
                     }
-                    group.commit(slot.partition, slot.tracker.commit_point());
+                    group.commit_and_trim(slot.partition, slot.tracker.commit_point());
                     group.release(self.id, slot.partition);
                     st.slots.swap_remove(i);
                     st.reassigned = true;
@@ -166,19 +166,23 @@ impl Member {
             if slot.revoke_deadline.is_some() || st.paused.contains(&slot.key) {
                 continue;
             }
-            let log = &self.groups[slot.group].topic.partitions[slot.partition];
+            let group = &self.groups[slot.group];
+            let log = &group.topic.partitions[slot.partition];
             let (key, generation) = (slot.key, slot.generation);
-            let mut offset = slot.position;
             let tracker = &mut slot.tracker;
-            log.read(offset, budget, |message| {
+            let mut read = 0;
+            let start = log.read(slot.position, budget, |offset, message| {
                 tracker.track(offset);
                 out.push(Delivery {
                     message: Arc::clone(message),
                     receipt: Receipt::new(key, offset, generation),
                 });
-                offset += 1;
+                read += 1;
             });
-            slot.position = offset;
+            if start > slot.position {
+                skipped_by_retention(group, slot, start);
+            }
+            slot.position = start + read;
         }
     }
 
@@ -205,6 +209,24 @@ impl Member {
         owned.sort();
         self.stats.report_assignment(owned);
     }
+}
+
+/// Moves `slot` on to `base`, the first retained message, past messages the partition's bounds
+/// dropped before they were read (or read again), as Kafka's `auto.offset.reset=earliest`
+/// would; says so, since they are not delivered.
+fn skipped_by_retention(group: &TopicGroup, slot: &mut Slot, base: i64) {
+    tracing::warn!(
+        topic = &*group.topic.name,
+        partition = slot.partition,
+        group = &*group.name,
+        skipped = base - slot.position,
+        from = slot.position,
+        to = base,
+        "messages were dropped by the memory broker's retention bounds before the group read them; \
+         continuing from the first retained message"
+    );
+    // What is still in flight below keeps the commit point where it is until it finishes.
+    slot.tracker.skip_to(base);
 }
 
 fn slot_key(group: usize, partition: usize) -> u32 {
@@ -385,7 +407,8 @@ impl Consumer for MemoryConsumer {
             {
                 let mut st = member.lock();
                 for slot in st.slots.drain(..) {
-                    member.groups[slot.group].commit(slot.partition, slot.tracker.commit_point());
+                    member.groups[slot.group]
+                        .commit_and_trim(slot.partition, slot.tracker.commit_point());
                 }
                 st.closed = true;
                 st.reassigned = true;

@@ -16,11 +16,14 @@ pub(super) type MemberId = u64;
 
 /// One consumer group's view of one topic.
 pub(super) struct TopicGroup {
+    /// The group's name, for logs.
+    pub(super) name: Arc<str>,
     pub(super) topic: Arc<Topic>,
     /// Bumped whenever ownership changes, so members know to look.
     version: AtomicU64,
-    /// The next offset the group reads, per partition.
-    committed: Vec<AtomicI64>,
+    /// The next offset the group reads, per partition; shared with the topic, which keeps what
+    /// any group has yet to read.
+    committed: Arc<[AtomicI64]>,
     state: Mutex<Assignment>,
     /// Set by [`MemoryBroker::disconnect`](super::MemoryBroker::disconnect): the members' polls
     /// fail.
@@ -39,12 +42,15 @@ pub(super) struct Assignment {
 }
 
 impl TopicGroup {
-    pub(super) fn new(topic: Arc<Topic>) -> Self {
+    /// The group `name` of `topic`, which reads from the first retained message of each
+    /// partition.
+    pub(super) fn new(name: &str, topic: Arc<Topic>) -> Self {
         let n = topic.partitions.len();
         Self {
+            name: Arc::from(name),
+            committed: topic.add_reader(),
             topic,
             version: AtomicU64::new(0),
-            committed: (0..n).map(|_| AtomicI64::new(0)).collect(),
             state: Mutex::new(Assignment {
                 members: Vec::new(),
                 owner: vec![None; n],
@@ -73,8 +79,17 @@ impl TopicGroup {
         self.committed[partition].load(Ordering::Acquire)
     }
 
+    /// Commits after an ack; what every group has consumed is dropped now and then.
     pub(super) fn commit(&self, partition: usize, offset: i64) {
         self.committed[partition].store(offset, Ordering::Release);
+        self.topic.consumed(partition, offset, false);
+    }
+
+    /// Commits as a member lets go of `partition`, and drops at once what every group has
+    /// consumed: nothing may come to look for a while.
+    pub(super) fn commit_and_trim(&self, partition: usize, offset: i64) {
+        self.committed[partition].store(offset, Ordering::Release);
+        self.topic.consumed(partition, offset, true);
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Assignment> {
@@ -146,10 +161,14 @@ impl Assignment {
 
 #[cfg(test)]
 mod tests {
+    use super::super::retention::Retention;
     use super::*;
 
     fn group(partitions: u32) -> TopicGroup {
-        TopicGroup::new(Arc::new(Topic::new("t", partitions)))
+        TopicGroup::new(
+            "g",
+            Arc::new(Topic::new("t", partitions, Retention::default())),
+        )
     }
 
     #[test]

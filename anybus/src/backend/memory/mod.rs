@@ -6,11 +6,27 @@
 //! partitions between them, and a partition changes hands only after its owner drained its
 //! in-flight work (or its drain timeout passed), at the group's committed offset. An ack moves
 //! the committed offset to the first unfinished message; a nack rewinds the partition to it, as
-//! a Kafka consumer seeking back would. A new group reads from the start of each topic.
+//! a Kafka consumer seeking back would. A new group reads from the first message each
+//! partition still retains.
+//!
+//! The broker frees what it no longer needs, so that a long-running service on it stays
+//! bounded. Each partition keeps at most `retention.bytes` (payload, key, headers and about
+//! 230 bytes of bookkeeping per message; [`DEFAULT_RETENTION_BYTES`], 64 MiB, unless told), at
+//! most `retention.messages` messages if set (unbounded by count unless told), and nothing
+//! older than `retention.ms` ([`DEFAULT_RETENTION_MS`], 7 days, unless told), the oldest leaving
+//! first as the partition is appended to. On top of that, what every consumer group that reads a
+//! topic has committed is dropped: nothing could read it again. A topic no group reads keeps
+//! what its bounds allow, for a group that starts later. Offsets stay absolute and are never
+//! reused. A member whose next offset was dropped by a bound before it was read goes on from
+//! the first retained message, as Kafka's `auto.offset.reset=earliest` would, and logs at warn
+//! how many it skipped. [`MemoryBackend`] deletes an app's reply topic when the app shuts down.
 //!
 //! `memory://` names the process-wide default broker; `memory://NAME` a separate one, so tests
 //! can run side by side; `?partitions=N` sets how many partitions a topic gets when nothing else
-//! says (4 unless told).
+//! says (4 unless told), and `retention.bytes=N`, `retention.messages=N` and `retention.ms=N`
+//! (positive whole numbers) the bounds above, e.g.
+//! `memory://orders?partitions=8&retention.bytes=1048576&retention.ms=60000`. The options take
+//! effect when the broker is created, by the first connect to its name.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -29,6 +45,7 @@
 mod consumer;
 mod group;
 mod log;
+mod retention;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +56,8 @@ use tokio::sync::Notify;
 use self::consumer::MemoryConsumer;
 use self::group::TopicGroup;
 use self::log::Topic;
+use self::retention::Retention;
+pub use self::retention::{DEFAULT_RETENTION_BYTES, DEFAULT_RETENTION_MS};
 use super::{Backend, BackendError, Consumer, ConsumerConfig, PublishError, TopicSpec};
 use crate::handler::BoxFuture;
 use crate::message::{Message, Origin};
@@ -51,6 +70,7 @@ pub const DEFAULT_PARTITIONS: u32 = 4;
 pub struct MemoryBroker {
     name: String,
     default_partitions: u32,
+    retention: Retention,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     groups: Mutex<HashMap<(String, String), Arc<TopicGroup>>>,
     /// Woken on every append and every change of ownership; consumers wait on it.
@@ -65,17 +85,18 @@ fn registry() -> &'static Mutex<HashMap<String, Arc<MemoryBroker>>> {
 
 impl MemoryBroker {
     /// The broker called `name` in this process, created on first use with
-    /// [`DEFAULT_PARTITIONS`]. `memory://NAME` connects to it.
+    /// [`DEFAULT_PARTITIONS`] and the default retention bounds. `memory://NAME` connects to it.
     pub fn named(name: &str) -> Arc<Self> {
-        Self::named_with(name, DEFAULT_PARTITIONS)
+        Self::named_with(name, DEFAULT_PARTITIONS, Retention::default())
     }
 
-    fn named_with(name: &str, default_partitions: u32) -> Arc<Self> {
+    fn named_with(name: &str, default_partitions: u32, retention: Retention) -> Arc<Self> {
         let mut brokers = registry().lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(brokers.entry(name.to_owned()).or_insert_with(|| {
             Arc::new(Self {
                 name: name.to_owned(),
                 default_partitions,
+                retention,
                 topics: RwLock::default(),
                 groups: Mutex::default(),
                 notify: Arc::new(Notify::new()),
@@ -107,6 +128,7 @@ impl MemoryBroker {
             Arc::new(Topic::new(
                 name,
                 partitions.unwrap_or(self.default_partitions),
+                self.retention,
             ))
         }))
     }
@@ -117,7 +139,7 @@ impl MemoryBroker {
         Arc::clone(
             groups
                 .entry((group.to_owned(), topic.name.to_string()))
-                .or_insert_with(|| Arc::new(TopicGroup::new(topic))),
+                .or_insert_with(|| Arc::new(TopicGroup::new(group, topic))),
         )
     }
 
@@ -129,16 +151,46 @@ impl MemoryBroker {
         origin
     }
 
-    /// Every message of a topic, partition by partition, in offset order.
+    /// Every message of a topic the broker still retains, partition by partition, in offset
+    /// order.
     pub fn messages(&self, topic: &str) -> Vec<Arc<Message>> {
         let Some(topic) = self.topic(topic) else {
             return Vec::new();
         };
         let mut all = Vec::new();
         for log in &topic.partitions {
-            log.read(0, usize::MAX, |m| all.push(Arc::clone(m)));
+            log.read(0, usize::MAX, |_, m| all.push(Arc::clone(m)));
         }
         all
+    }
+
+    /// The first offset still retained in each partition of a topic (its end offset when the
+    /// partition retains nothing): everything below was dropped by retention. A partition
+    /// retains `end_offsets()[p] - base_offsets()[p]` messages.
+    pub fn base_offsets(&self, topic: &str) -> Vec<i64> {
+        self.topic(topic)
+            .map(|t| t.partitions.iter().map(|p| p.base()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The names of the topics the broker has, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+        let mut names: Vec<String> = topics.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Removes topics with their messages and the committed offsets of every group that read
+    /// them. Publishing to one again creates it afresh, with offsets from 0.
+    pub fn delete(&self, topics: &[String]) {
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        groups.retain(|(_, topic), _| !topics.contains(topic));
+        drop(groups);
+        let mut all = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        for topic in topics {
+            all.remove(topic);
+        }
     }
 
     /// Cuts every member of `group` off, as a broker that dropped their connections for good
@@ -162,12 +214,23 @@ impl MemoryBroker {
             .unwrap_or_default()
     }
 
-    /// The next offset `group` reads in each partition of `topic` (its committed offsets).
+    /// The next offset `group` reads in each partition of `topic` (its committed offsets); for
+    /// a group that has not read the topic yet, where it would start: the first retained
+    /// offsets. Asking does not create the group, so it holds nothing back from retention.
     pub fn committed(&self, group: &str, topic: &str) -> Vec<i64> {
-        let g = self.group(group, topic);
-        (0..g.topic.partitions.len())
-            .map(|p| g.committed(p))
-            .collect()
+        let key = (group.to_owned(), topic.to_owned());
+        let known = self
+            .groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        match known {
+            Some(g) => (0..g.topic.partitions.len())
+                .map(|p| g.committed(p))
+                .collect(),
+            None => self.base_offsets(topic),
+        }
     }
 }
 
@@ -186,7 +249,9 @@ pub struct MemoryBackend {
 }
 
 impl MemoryBackend {
-    /// Connects to the broker a `memory://[NAME][?partitions=N]` URL names.
+    /// Connects to the broker a `memory://[NAME][?partitions=N&retention.bytes=N&…]` URL names
+    /// (the options are in the [module docs](self)). The options take effect when the broker
+    /// is created, by the first connect to its name.
     pub fn connect(url: &BrokerUrl) -> Result<Self, ConnectError> {
         let malformed = |reason: String| ConnectError::MalformedUrl {
             url: url.to_string(),
@@ -198,6 +263,7 @@ impl MemoryBackend {
         };
         let name = name.trim_end_matches('/');
         let mut partitions = DEFAULT_PARTITIONS;
+        let mut retention = Retention::default();
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             match pair.split_once('=') {
                 Some(("partitions", n)) => {
@@ -205,16 +271,18 @@ impl MemoryBackend {
                         malformed(format!("`partitions` must be a positive number, not `{n}`"))
                     })?;
                 }
+                Some((option, value)) if retention.set(option, value).map_err(malformed)? => {}
                 _ => {
                     return Err(malformed(format!(
-                        "unknown option `{pair}`; the memory backend knows `partitions=N`"
+                        "unknown option `{pair}`; the memory backend knows `partitions=N`, {}",
+                        retention::OPTIONS
                     )))
                 }
             }
         }
         let name = if name.is_empty() { "default" } else { name };
         Ok(Self {
-            broker: MemoryBroker::named_with(name, partitions),
+            broker: MemoryBroker::named_with(name, partitions, retention),
         })
     }
 
@@ -232,7 +300,16 @@ impl Backend for MemoryBackend {
     fn declare<'a>(&'a self, topics: &'a [TopicSpec]) -> BoxFuture<'a, Result<(), BackendError>> {
         for topic in topics {
             self.broker.topic_or_create(&topic.name, topic.partitions);
+            if let Some(group) = &topic.keep_for {
+                // Registered now, the group holds back from retention what it has yet to read.
+                self.broker.group(group, &topic.name);
+            }
         }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn delete<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), BackendError>> {
+        self.broker.delete(topics);
         Box::pin(std::future::ready(Ok(())))
     }
 
