@@ -9,9 +9,9 @@
 //! When a lane's channel is full, the dispatch loop does not wait for it, which would stop every
 //! other partition too: it keeps the delivery, and whatever else comes for that partition, in
 //! the lane's overflow, in order, and pauses the partition at the backend
-//! ([`Consumer::pause`]). The lane tells the loop when it took a delivery while the overflow was
-//! waiting; the loop moves the overflow in as room comes, and resumes the partition once the
-//! overflow is empty. The overflow holds at most what the backend had fetched before the pause
+//! ([`Consumer::pause`]). The lane tells the loop once half its channel is free while the
+//! overflow waits; the loop moves the overflow in, and resumes the partition once the overflow
+//! is empty. The overflow holds at most what the backend had fetched before the pause
 //! took effect.
 
 use std::collections::VecDeque;
@@ -44,10 +44,12 @@ pub(crate) struct Room {
 }
 
 impl Room {
-    /// The lane took a delivery from its channel: if the loop waits for room, say so. One
-    /// relaxed load per delivery while nobody waits.
-    pub(crate) fn took_one(&self) {
-        if self.wants.load(AtomicOrdering::Relaxed)
+    /// The lane took a delivery from its channel, which still holds `left`: if the loop waits
+    /// for room, say so once half the channel is free, so that it moves a run of deliveries in
+    /// at once rather than waking for each. One relaxed load per delivery while nobody waits.
+    pub(crate) fn took_one(&self, left: usize) {
+        if left <= LANE_CAPACITY / 2
+            && self.wants.load(AtomicOrdering::Relaxed)
             && self.wants.swap(false, AtomicOrdering::AcqRel)
         {
             let _ = self.room.send(self.slot);

@@ -841,7 +841,7 @@ impl Lane {
             let (next, key) = match &mut self.source {
                 Source::Lane(rx, room) => {
                     let next = rx.recv().await;
-                    room.took_one();
+                    room.took_one(rx.len());
                     (next, None)
                 }
                 Source::Pool(rx) => (rx.recv().await.ok(), None),

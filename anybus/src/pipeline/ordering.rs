@@ -318,7 +318,7 @@ async fn delay_lane(
     stopping: Arc<AtomicBool>,
 ) {
     while let Some(delivery) = rx.recv().await {
-        room.took_one();
+        room.took_one(rx.len());
         if stopping.load(AtomicOrdering::Acquire) {
             break;
         }
