@@ -15,6 +15,8 @@ use anybus_conformance::{Env, PATIENCE};
 /// A consumer of a fresh topic of two partitions, and a key that lands on each partition.
 struct TwoPartitions {
     backend: KafkaBackend,
+    group: String,
+    stats: Arc<SubscriptionStats>,
     consumer: Box<dyn Consumer>,
     settler: Arc<dyn Settler>,
     topic: String,
@@ -38,21 +40,16 @@ impl TwoPartitions {
             }])
             .await
             .expect("declare");
+        let (group, stats) = (env.unique("g"), Arc::new(SubscriptionStats::default()));
         let consumer = backend
-            .consume(ConsumerConfig {
-                group: env.unique("g"),
-                topics: vec![topic.clone()],
-                batch: 16,
-                prefetch: 16,
-                drain_timeout: Duration::from_secs(5),
-                stats: Arc::new(SubscriptionStats::default()),
-                delayed: Vec::new(),
-            })
+            .consume(config(&group, &topic, &stats))
             .await
             .expect("consume");
         let settler = consumer.settler();
         let mut this = Self {
             backend,
+            group,
+            stats,
             consumer,
             settler,
             topic,
@@ -107,6 +104,32 @@ impl TwoPartitions {
         }
         out
     }
+}
+
+fn config(group: &str, topic: &str, stats: &Arc<SubscriptionStats>) -> ConsumerConfig {
+    ConsumerConfig {
+        group: group.to_owned(),
+        topics: vec![topic.to_owned()],
+        batch: 16,
+        prefetch: 16,
+        drain_timeout: Duration::from_secs(5),
+        stats: Arc::clone(stats),
+        delayed: Vec::new(),
+    }
+}
+
+/// Waits until the member whose stats these are owns `n` partitions; returns them.
+async fn wait_owned(stats: &SubscriptionStats, n: usize, what: &str) -> Vec<usize> {
+    let mut watch = stats.assignment.subscribe();
+    let settled = tokio::time::timeout(PATIENCE, watch.wait_for(|a| a.len() == n)).await;
+    let Ok(owned) = settled else {
+        panic!(
+            "{what}: the assignment stayed {:?}",
+            *stats.assignment.borrow()
+        );
+    };
+    let owned = owned.expect("the consumer is gone");
+    owned.iter().map(|tp| tp.partition as usize).collect()
 }
 
 fn partition(d: &Delivery) -> usize {
@@ -212,4 +235,135 @@ async fn a_nack_while_paused_redelivers_from_the_nacked_message_after_resume() {
         .collect();
     assert_eq!(payloads, ["m-1", "m-2", "m-3"]);
     t.consumer.close().await.expect("close");
+}
+
+/// A held partition stays paused through a rebalance: a second member joins (one partition
+/// moves, cooperative-sticky, and the held one is either kept or moved) and leaves again (the
+/// moved one comes back); until the runtime resumes it, the held partition delivers nothing,
+/// and then exactly what nobody handled yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_partition_stays_paused_through_a_rebalance() {
+    let env = Env::kafka();
+    let mut a = TwoPartitions::open(&env, "pause-rebalance").await;
+    a.consumer.pause(a.slots[0]);
+    a.publish_to(0, "a-0").await;
+
+    let b_stats = Arc::new(SubscriptionStats::default());
+    let mut b = a
+        .backend
+        .consume(config(&a.group, &a.topic, &b_stats))
+        .await
+        .expect("second member");
+    let moved = wait_owned(&b_stats, 1, "the second member takes a partition").await[0];
+    eprintln!("the second member took partition {moved}");
+    assert_eq!(
+        wait_owned(&a.stats, 1, "the first member gives one up").await,
+        [1 - moved]
+    );
+    a.publish_to(0, "b-1").await;
+    a.publish_to(1, "b-1").await;
+    // What the second member reads of the partition it took: from the last commit on.
+    let expected_b: &[&str] = if moved == 0 {
+        &["a-0", "b-1"]
+    } else {
+        &["b-1"]
+    };
+    let mut from_b = Vec::new();
+    while from_b.len() < expected_b.len() {
+        tokio::time::timeout(PATIENCE, b.poll(&mut from_b))
+            .await
+            .expect("the second member's deliveries in time")
+            .expect("poll");
+    }
+    let payloads: Vec<String> = from_b.iter().map(payload).collect();
+    assert_eq!(payloads, expected_b);
+    assert!(from_b.iter().all(|d| partition(d) == moved));
+    let settler = b.settler();
+    for d in &from_b {
+        settler.ack(&d.receipt);
+    }
+    if moved == 0 {
+        let kept = a.take(1).await;
+        assert_eq!(
+            (partition(&kept[0]), payload(&kept[0])),
+            (1, "b-1".into()),
+            "the first member reads only the partition it kept"
+        );
+        a.settler.ack(&kept[0].receipt);
+    }
+    b.close().await.expect("the second member leaves");
+    wait_owned(&a.stats, 2, "the first member takes both again").await;
+
+    a.publish_to(0, "c-2").await;
+    a.publish_to(1, "marker").await;
+    let flowed = a.take(1).await;
+    assert_eq!(
+        by_partition(&flowed).get(&0),
+        None,
+        "the held partition delivered after the rebalance"
+    );
+    assert_eq!(payload(&flowed[0]), "marker");
+    a.settler.ack(&flowed[0].receipt);
+
+    a.consumer.resume(a.slots[0]);
+    // Kept: everything since the pause. Moved and back: what the second member did not read.
+    let expected_a: &[&str] = if moved == 0 {
+        &["c-2"]
+    } else {
+        &["a-0", "b-1", "c-2"]
+    };
+    let resumed = a.take(expected_a.len()).await;
+    let payloads: Vec<String> = resumed.iter().map(payload).collect();
+    assert_eq!(payloads, expected_a, "moved: {moved}");
+    assert!(resumed.iter().all(|d| partition(d) == 0));
+    a.consumer.close().await.expect("close");
+}
+
+/// Both partitions held; a second member joins and takes one, which the runtime resumes while it
+/// is away, and leaves again. The partition that came back flows (librdkafka would keep it
+/// paused: its pause outlives the assignment), and the one kept through the cooperative
+/// rebalance stays paused until resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_resumed_while_away_flows_when_it_comes_back() {
+    let env = Env::kafka();
+    let mut a = TwoPartitions::open(&env, "pause-away").await;
+    a.consumer.pause(a.slots[0]);
+    a.consumer.pause(a.slots[1]);
+    let b_stats = Arc::new(SubscriptionStats::default());
+    let b = a
+        .backend
+        .consume(config(&a.group, &a.topic, &b_stats))
+        .await
+        .expect("second member");
+    let moved = wait_owned(&b_stats, 1, "the second member takes a partition").await[0];
+    let kept = 1 - moved;
+    assert_eq!(
+        wait_owned(&a.stats, 1, "the first member gives one up").await,
+        [kept]
+    );
+    a.consumer.resume(a.slots[moved]);
+    b.close().await.expect("the second member leaves");
+    wait_owned(&a.stats, 2, "the first member takes both again").await;
+
+    a.publish_to(kept, "kept").await;
+    a.publish_to(moved, "back").await;
+    let back = a.take(1).await;
+    assert_eq!(
+        back.iter()
+            .map(|d| (partition(d), payload(d)))
+            .collect::<Vec<_>>(),
+        [(moved, "back".to_owned())],
+        "the partition resumed while away flows; the kept one stays paused"
+    );
+    a.settler.ack(&back[0].receipt);
+    a.consumer.resume(a.slots[kept]);
+    let resumed = a.take(1).await;
+    assert_eq!(
+        resumed
+            .iter()
+            .map(|d| (partition(d), payload(d)))
+            .collect::<Vec<_>>(),
+        [(kept, "kept".to_owned())]
+    );
+    a.consumer.close().await.expect("close");
 }

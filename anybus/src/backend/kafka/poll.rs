@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::message::Message as _;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -201,8 +203,13 @@ fn list(offsets: &[(Arc<str>, i32, i64)]) -> TopicPartitionList {
     list
 }
 
-/// Commits in the background; the broker's answer arrives in
-/// [`KafkaContext`]'s commit callback, and a failed commit is taken again.
+/// Commits in the background; the broker's answer arrives in [`KafkaContext`]'s commit
+/// callback, and a failed commit is taken again.
+///
+/// Not through rdkafka's `CommitMode::Async`: librdkafka reports the result of such a commit
+/// only to a commit callback set in the client's configuration, which rdkafka does not set, so
+/// the answer would be lost. `rd_kafka_commit_queue` with the consumer's own queue posts it
+/// there as an event, which rdkafka's poll hands to the context's commit callback.
 fn commit_async(
     consumer: &BaseConsumer<KafkaContext>,
     shared: &Shared,
@@ -211,8 +218,25 @@ fn commit_async(
     if offsets.is_empty() {
         return;
     }
-    if let Err(e) = consumer.commit(&list(&offsets), CommitMode::Async) {
-        tracing::warn!(error = %e, "commit failed; trying again");
+    let list = list(&offsets);
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is the live consumer's handle and `list` a valid list, both outliving the
+    // calls. `rd_kafka_queue_get_consumer` returns a new reference to the consumer queue (null
+    // if there is none); the commit takes a reference of its own for its reply, so ours is
+    // released right after. librdkafka copies the list.
+    let err = unsafe {
+        let queue = rdsys::rd_kafka_queue_get_consumer(rk);
+        if queue.is_null() {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__STATE
+        } else {
+            let err =
+                rdsys::rd_kafka_commit_queue(rk, list.ptr(), queue, None, std::ptr::null_mut());
+            rdsys::rd_kafka_queue_destroy(queue);
+            err
+        }
+    };
+    if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+        tracing::warn!(error = ?err, "commit failed; trying again");
         let mut table = shared.lock();
         for (topic, partition, offset) in &offsets {
             table.commit_answered(topic, *partition, *offset, false);
@@ -232,29 +256,22 @@ pub(super) fn commit_sync(
         if left.is_empty() {
             return;
         }
-        let list = list(&left);
-        let result = consumer.commit(&list, CommitMode::Sync);
-        let mut failed = Vec::new();
-        let mut table = shared.lock();
-        for (topic, partition, offset) in left {
-            let ok = result.is_ok()
-                && list
-                    .find_partition(&topic, partition)
-                    .is_some_and(|e| e.error().is_ok());
-            if ok {
-                table.commit_answered(&topic, partition, offset, true);
-            } else {
-                failed.push((topic, partition, offset));
+        // librdkafka fails the whole commit when any partition of it failed, without saying
+        // which: then all of them are tried again (committing one twice is harmless).
+        match consumer.commit(&list(&left), CommitMode::Sync) {
+            Ok(()) => {
+                let mut table = shared.lock();
+                for (topic, partition, offset) in left.drain(..) {
+                    table.commit_answered(&topic, partition, offset, true);
+                }
             }
-        }
-        drop(table);
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, attempt, "commit failed");
-        }
-        left = failed;
-        if !left.is_empty() && attempt < SYNC_COMMIT_ATTEMPTS {
-            // A coordinator that just moved or timed out needs a moment.
-            std::thread::sleep(SYNC_COMMIT_BACKOFF * attempt);
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "commit failed");
+                if attempt < SYNC_COMMIT_ATTEMPTS {
+                    // A coordinator that just moved or timed out needs a moment.
+                    std::thread::sleep(SYNC_COMMIT_BACKOFF * attempt);
+                }
+            }
         }
     }
     if !left.is_empty() {
