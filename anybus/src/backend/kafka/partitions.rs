@@ -221,17 +221,24 @@ impl PartitionTable {
     /// revoking partition is given up instead: the drain no longer waits for it, and the
     /// commit point stays below it.
     pub(super) fn try_start(&mut self, receipt: &Receipt) -> bool {
-        let may = self.may_start(receipt);
-        if let Some(owned) = self.live(receipt) {
-            if let Some(tracker) = owned.tracker.as_mut() {
-                if may {
-                    tracker.start(receipt.offset);
-                } else if owned.revoking {
-                    tracker.abandon(receipt.offset);
-                }
-            }
+        // One lookup: this runs for every delivery.
+        let Some(owned) = self.live(receipt) else {
+            return false;
+        };
+        if owned.seek.is_some() {
+            return false;
         }
-        may
+        match (owned.tracker.as_mut(), owned.revoking) {
+            (Some(tracker), true) => {
+                tracker.abandon(receipt.offset);
+                false
+            }
+            (Some(tracker), false) => {
+                tracker.start(receipt.offset);
+                true
+            }
+            (None, revoking) => !revoking,
+        }
     }
 
     /// Records a finished message. `Err(())` when the receipt is stale.
