@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anybus::{HandlerError, Headers, Message};
-use anybus_conformance::kafka::bootstrap;
+use anybus_conformance::kafka::{bootstrap, wait_committed};
 use anybus_conformance::{Env, Inbox};
 use bytes::Bytes;
 
@@ -132,5 +132,48 @@ async fn a_message_from_anybus_is_read_by_another_client() {
         ])),
         "{headers:?}"
     );
+    app.shutdown().await.expect("shutdown");
+}
+
+/// A header name is bytes on the wire: one that is not UTF-8 (which rdkafka's header iterator
+/// panics on) is delivered with U+FFFD in place of the bad bytes, and the partition goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_that_is_not_utf8_is_delivered_lossily_and_the_partition_flows() {
+    let env = Env::kafka();
+    let (topic, group) = (env.unique("bad-header-name"), env.unique("g"));
+    let (tx, mut inbox) = Inbox::new();
+    let app = env
+        .start(vec![anybus::Subscription::builder([&topic])
+            .group(&group)
+            .partitions(1)
+            .handler(move |m: Message| {
+                let _ = tx.send(m);
+                std::future::ready(Ok::<(), HandlerError>(()))
+            })])
+        .await;
+    let bootstrap = bootstrap(&env);
+    let bad = format!("{}={}", hex(b"bad\xff\xfename"), hex(b"v"));
+    let good = format!("{}={}", hex(b"ok"), hex(b"w"));
+    peer(&[
+        "produce-raw-names",
+        &bootstrap,
+        &topic,
+        "user-1",
+        "first",
+        &bad,
+        &good,
+    ]);
+    peer(&["produce", &bootstrap, &topic, "user-1", "second"]);
+
+    let first = inbox.next("the record with the bad header name").await;
+    assert_eq!(&first.payload()[..], b"first");
+    let headers: Vec<(&str, &[u8])> = first.headers().iter().map(|(n, v)| (n, &v[..])).collect();
+    assert_eq!(
+        headers,
+        [("bad\u{FFFD}\u{FFFD}name", &b"v"[..]), ("ok", &b"w"[..])]
+    );
+    let second = inbox.next("the record after it").await;
+    assert_eq!(&second.payload()[..], b"second");
+    wait_committed(&env, &group, &topic, &[2]).await;
     app.shutdown().await.expect("shutdown");
 }

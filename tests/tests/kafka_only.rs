@@ -13,6 +13,11 @@ use anybus_conformance::kafka::{committed, wait_committed};
 use anybus_conformance::{wait_stats, Env, Inbox, PATIENCE};
 use tokio::sync::Semaphore;
 
+#[path = "kafka_only/handover.rs"]
+mod handover;
+#[path = "kafka_only/partition_pause.rs"]
+mod partition_pause;
+
 async fn publish(app: &App, topic: &str, n: usize) -> Vec<MessageId> {
     let publisher = app.publisher();
     let mut ids = Vec::new();

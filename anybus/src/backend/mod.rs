@@ -145,6 +145,12 @@ impl Receipt {
     pub fn generation(&self) -> u64 {
         self.generation
     }
+
+    /// The backend's slot of the delivery's partition (or queue): what
+    /// [`Consumer::pause`] and [`Consumer::resume`] take.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
 }
 
 /// One received message and the receipt to settle it with.

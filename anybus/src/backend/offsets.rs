@@ -32,6 +32,9 @@ pub struct OffsetTracker {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
+    /// Handed out; its work has not started (or the backend does not say when work starts).
+    Fetched,
+    /// Its work started ([`OffsetTracker::start`]).
     Running,
     Finished,
     /// Given up before it started: not in flight, not finished.
@@ -53,7 +56,7 @@ impl OffsetTracker {
     /// (compacted or transactional offsets) are fine.
     pub fn track(&mut self, offset: i64) {
         debug_assert!(offset >= self.next, "offsets tracked out of order");
-        self.pending.push_back((offset, State::Running));
+        self.pending.push_back((offset, State::Fetched));
         self.next = offset + 1;
         self.in_flight += 1;
     }
@@ -73,7 +76,7 @@ impl OffsetTracker {
         };
         match self.pending[i].1 {
             State::Finished => return false,
-            State::Running => self.in_flight -= 1,
+            State::Fetched | State::Running => self.in_flight -= 1,
             State::Abandoned => self.abandoned -= 1,
         }
         self.pending[i].1 = State::Finished;
@@ -91,7 +94,7 @@ impl OffsetTracker {
     /// and the commit point never passes it, so whoever reads the partition next gets it.
     pub fn abandon(&mut self, offset: i64) {
         if let Some(i) = self.find(offset) {
-            if self.pending[i].1 == State::Running {
+            if matches!(self.pending[i].1, State::Fetched | State::Running) {
                 self.pending[i].1 = State::Abandoned;
                 self.in_flight -= 1;
                 self.abandoned += 1;
@@ -108,6 +111,32 @@ impl OffsetTracker {
         self.next = self.next.max(offset);
     }
 
+    /// Records that the work of `offset` started: [`OffsetTracker::abandon_unstarted`] no
+    /// longer gives it up. An offset not handed out, or not waiting to start, changes nothing.
+    pub fn start(&mut self, offset: i64) {
+        if let Some(i) = self.find(offset) {
+            if self.pending[i].1 == State::Fetched {
+                self.pending[i].1 = State::Running;
+            }
+        }
+    }
+
+    /// Gives up every offset handed out whose work has not started ([`OffsetTracker::start`]),
+    /// as [`OffsetTracker::abandon`] does one: a partition being handed over then waits only
+    /// for the work that runs. Returns how many were given up.
+    pub fn abandon_unstarted(&mut self) -> usize {
+        let mut given_up = 0;
+        for (_, state) in self.pending.iter_mut() {
+            if *state == State::Fetched {
+                *state = State::Abandoned;
+                given_up += 1;
+            }
+        }
+        self.in_flight -= given_up;
+        self.abandoned += given_up;
+        given_up
+    }
+
     /// The offset to commit: everything below it is finished.
     pub fn commit_point(&self) -> i64 {
         self.pending.front().map_or(self.next, |&(o, _)| o)
@@ -118,7 +147,7 @@ impl OffsetTracker {
         self.next
     }
 
-    /// How many handed-out offsets are running: neither finished nor abandoned.
+    /// How many handed-out offsets are in flight: neither finished nor abandoned.
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
@@ -218,5 +247,21 @@ mod tests {
         // Should an abandoned offset finish anyway, it counts as finished.
         assert!(t.complete(1));
         assert_eq!((t.commit_point(), t.abandoned()), (4, 0));
+    }
+
+    #[test]
+    fn abandoning_the_unstarted_keeps_running_work_in_flight() {
+        let mut t = OffsetTracker::new(0);
+        for o in 0..4 {
+            t.track(o);
+        }
+        t.start(1);
+        t.complete(0);
+        assert_eq!(t.abandon_unstarted(), 2, "2 and 3 never started");
+        assert_eq!((t.in_flight(), t.abandoned()), (1, 2));
+        t.start(2);
+        assert_eq!(t.in_flight(), 1, "an abandoned offset does not start again");
+        t.complete(1);
+        assert_eq!(t.commit_point(), 2, "never past what was given up");
     }
 }

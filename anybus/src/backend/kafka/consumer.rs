@@ -1,32 +1,34 @@
-//! One Kafka consumer-group member: a thread that polls librdkafka, and the rebalance callbacks
-//! that drain revoked partitions before they change hands.
+//! One Kafka consumer-group member: the state its poll thread ([`poll`](super::poll)), its
+//! rebalance callbacks, its settler and the runtime share, and the [`Consumer`] the runtime
+//! reads from.
 //!
 //! Offsets are never committed by librdkafka on its own (`enable.auto.commit=false`): the poll
 //! thread commits, asynchronously every `commit_interval`, the commit points the
 //! [`PartitionTable`] computes from completed work, and synchronously when partitions are
-//! revoked and when the consumer closes. A revoke stops new work on the revoked partitions
-//! (fetched deliveries are given up as the runtime comes to them, [`Settler::try_start`]),
-//! waits (up to the drain timeout) until none of their work is in flight, commits what
-//! completed, and then lets the partitions go with their generation retired, so a late ack
-//! from this member can commit nothing for them.
+//! revoked and when the consumer closes; an offset counts as committed once the broker
+//! confirmed it, and a failed commit is sent again. A revoke stops new work on the revoked
+//! partitions, gives up their deliveries that no handler started (wherever they are: in the
+//! poll thread's hands, the channel, or the runtime's buffers), waits (up to the drain timeout)
+//! until none of their work runs, commits what completed, and then lets the partitions go with
+//! their generation retired, so a late ack from this member can commit nothing for them.
 //!
-//! The poll thread is a plain OS thread because the rebalance callback blocks while draining,
-//! and it must not block a runtime worker.
+//! The runtime can hold back one partition ([`Consumer::pause`]) while the others go on; that
+//! and the poll thread's pause of the whole assignment are reconciled in one place
+//! ([`Shared::hold`], [`Shared::pause_fetching`], [`Shared::assigned`]), under the table's lock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::partitions::{PartitionTable, Seek};
+use super::partitions::PartitionTable;
+use super::poll::{commit_sync, Fetched};
 use crate::backend::{BackendError, Consumer, Delivery, Receipt, Settler};
 use crate::handler::BoxFuture;
-use crate::message::{header, Headers, Message, MessageId, Origin, RecordIds};
 use crate::observe::SubscriptionStats;
 
 /// State shared by the poll thread, its callbacks and the settler.
@@ -37,8 +39,8 @@ pub(super) struct Shared {
     /// Signalled when a partition starts to be revoked, or is rewound: work waiting to go on
     /// ([`Settler::stopped`]) looks whether it still may.
     stopped: tokio::sync::Notify,
-    closing: AtomicBool,
-    stats: Arc<SubscriptionStats>,
+    pub(super) closing: AtomicBool,
+    pub(super) stats: Arc<SubscriptionStats>,
     drain_timeout: Duration,
 }
 
@@ -54,7 +56,7 @@ impl Shared {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, PartitionTable> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, PartitionTable> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -65,7 +67,7 @@ impl Shared {
         }
     }
 
-    fn report_assignment(&self, table: &PartitionTable) {
+    pub(super) fn report_assignment(&self, table: &PartitionTable) {
         let owned = table.assignment();
         self.stats.report_assignment(owned);
     }
@@ -95,23 +97,15 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        let mut commits = TopicPartitionList::new();
+        let mut commits = Vec::new();
         for tp in revoked.elements() {
             if let Some(offset) = table.finish_revoke(tp.topic(), tp.partition()) {
-                if let Err(e) =
-                    commits.add_partition_offset(tp.topic(), tp.partition(), Offset::Offset(offset))
-                {
-                    tracing::warn!(error = %e, "cannot list an offset to commit");
-                }
+                commits.push((Arc::from(tp.topic()), tp.partition(), offset));
             }
         }
         self.report_assignment(&table);
         drop(table);
-        if commits.count() > 0 {
-            if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
-                tracing::warn!(error = %e, "committing revoked partitions failed");
-            }
-        }
+        commit_sync(consumer, self, commits);
     }
 
     fn assign(&self, assigned: &TopicPartitionList) {
@@ -120,6 +114,80 @@ impl Shared {
             table.assign(tp.topic(), tp.partition());
         }
         self.report_assignment(&table);
+    }
+
+    /// After librdkafka took the assigned partitions on: pauses those that must not be
+    /// fetched (held by the runtime, or everything while fetching is paused) and resumes the
+    /// others. librdkafka keeps a partition's pause across a revoke, so a partition paused
+    /// when it was revoked would otherwise stay paused when it comes back.
+    fn assigned(&self, consumer: &BaseConsumer<KafkaContext>, assigned: &TopicPartitionList) {
+        let table = self.lock();
+        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for tp in assigned.elements() {
+            let list = if table.is_paused(tp.topic(), tp.partition()) {
+                &mut pause
+            } else {
+                &mut resume
+            };
+            list.add_partition(tp.topic(), tp.partition());
+        }
+        apply(consumer, &pause, true);
+        apply(consumer, &resume, false);
+    }
+
+    /// Pauses or resumes fetching of the whole assignment, for the poll thread. Resuming
+    /// leaves paused the partitions the runtime holds back.
+    pub(super) fn pause_fetching(&self, consumer: &BaseConsumer<KafkaContext>, pause: bool) {
+        let mut table = self.lock();
+        table.set_fetch_paused(pause);
+        let assignment = match consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => return tracing::warn!(error = %e, "cannot read the assignment"),
+        };
+        if pause {
+            return apply(consumer, &assignment, true);
+        }
+        let mut resume = TopicPartitionList::new();
+        for tp in assignment.elements() {
+            if !table.is_paused(tp.topic(), tp.partition()) {
+                resume.add_partition(tp.topic(), tp.partition());
+            }
+        }
+        apply(consumer, &resume, false);
+    }
+
+    /// Holds back (or lets go on) the partition of `slot`, for the runtime. Applied at once, on
+    /// the caller's thread: librdkafka's pause is thread-safe, and once it returns, nothing the
+    /// consumer had fetched of the partition is returned any more, so the partition stops
+    /// within the deliveries already on their way. (The call waits for librdkafka's fetcher
+    /// thread to take the pause, a short wait, and only when the runtime's lane fills.)
+    pub(super) fn hold(&self, consumer: &BaseConsumer<KafkaContext>, slot: u32, hold: bool) {
+        let mut table = self.lock();
+        let change = if hold {
+            table.hold(slot)
+        } else {
+            table.release(slot)
+        };
+        if let Some((topic, partition)) = change {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&topic, partition);
+            apply(consumer, &list, hold);
+        }
+    }
+}
+
+/// Pauses or resumes fetching of `partitions`.
+fn apply(consumer: &BaseConsumer<KafkaContext>, partitions: &TopicPartitionList, pause: bool) {
+    if partitions.count() == 0 {
+        return;
+    }
+    let result = if pause {
+        consumer.pause(partitions)
+    } else {
+        consumer.resume(partitions)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, pause, "cannot pause or resume fetching");
     }
 }
 
@@ -166,7 +234,7 @@ impl Settler for Shared {
     }
 }
 
-/// Hooks the rebalance callbacks of librdkafka into [`Shared`].
+/// Hooks the rebalance and commit callbacks of librdkafka into [`Shared`].
 pub(super) struct KafkaContext {
     pub(super) shared: Arc<Shared>,
 }
@@ -181,273 +249,43 @@ impl ConsumerContext for KafkaContext {
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
         }
     }
-}
 
-/// Where the poll thread copies fetched keys, payloads and header values: one shared buffer
-/// that messages take slices of, so a message costs no allocation of its own for them.
-///
-/// Copying each into a fresh allocation cost three allocations per message, all made on the
-/// poll thread and freed on the runtime's, where the frees queued on the allocator's lock for
-/// the poll thread's arena. A buffer holds about [`CopyBuffer::SIZE`] bytes of messages and is
-/// freed when the last message cut from it is dropped, so a handler that keeps one message
-/// keeps its neighbours' bytes too (the buffer it was cut from, or the two it straddles); a
-/// value too big to share gets its own allocation.
-#[derive(Default)]
-pub(super) struct CopyBuffer {
-    buf: BytesMut,
-}
-
-impl CopyBuffer {
-    /// The size of a new buffer.
-    const SIZE: usize = 64 * 1024;
-    /// Values larger than this are copied on their own.
-    const OWN: usize = Self::SIZE / 8;
-
-    /// A copy of `data`.
-    pub(super) fn copy(&mut self, data: &[u8]) -> Bytes {
-        if data.is_empty() {
-            return Bytes::new();
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            self.shared.assigned(consumer, assigned);
         }
-        if data.len() > Self::OWN {
-            return Bytes::copy_from_slice(data);
-        }
-        if self.buf.capacity() < data.len() {
-            // Never grow a buffer that messages hold slices of: start a new one.
-            self.buf = BytesMut::with_capacity(Self::SIZE);
-        }
-        self.buf.extend_from_slice(data);
-        self.buf.split().freeze()
     }
-}
 
-/// Turns a fetched record into a [`Message`]; the id comes from the header anybus wrote, or,
-/// for records of other producers, from the record's place ([`MessageId::of_record`]), so that
-/// a redelivery of such a record has the same id (and deduplicates by it).
-fn to_message(
-    m: &BorrowedMessage<'_>,
-    topic: Arc<str>,
-    ids: RecordIds,
-    copies: &mut CopyBuffer,
-) -> Message {
-    let mut headers = Headers::new();
-    let mut id = None;
-    if let Some(hs) = m.headers() {
-        for h in hs.iter() {
-            if h.key == header::MESSAGE_ID {
-                id = h
-                    .value
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(MessageId::parse);
-            } else {
-                headers.append(h.key, copies.copy(h.value.unwrap_or_default()));
+    /// The broker's answer to a commit: what it confirmed is committed; what failed is taken
+    /// again by the next periodic commit.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "commit failed; trying again");
+        }
+        let mut table = self.shared.lock();
+        for tp in offsets.elements() {
+            if let Offset::Offset(offset) = tp.offset() {
+                let ok = result.is_ok() && tp.error().is_ok();
+                if let (true, Err(e)) = (result.is_ok(), tp.error()) {
+                    tracing::warn!(
+                        topic = tp.topic(),
+                        partition = tp.partition(),
+                        error = %e,
+                        "commit of a partition failed; trying again"
+                    );
+                }
+                table.commit_answered(tp.topic(), tp.partition(), offset, ok);
             }
         }
-    }
-    let timestamp_ms = m.timestamp().to_millis();
-    let id = id.unwrap_or_else(|| ids.id(m.partition(), m.offset(), timestamp_ms));
-    Message::from_parts(
-        id,
-        m.key().map(|k| copies.copy(k)),
-        headers,
-        copies.copy(m.payload().unwrap_or_default()),
-        Origin {
-            topic,
-            partition: Some(m.partition()),
-            offset: Some(m.offset()),
-            delivery_tag: None,
-            timestamp_ms,
-        },
-    )
-}
-
-/// How long the poll thread waits for room in the runtime's channel before it pauses fetching.
-pub(super) const PAUSE_AFTER: Duration = Duration::from_millis(250);
-
-/// Polls until closed: performs seeks asked for by nacks, commits periodically, and hands
-/// fetched messages to the runtime.
-///
-/// When the runtime's channel stays full for [`PAUSE_AFTER`] (the subscription holds as much as
-/// it may buffer, e.g. a hot key is stuck), the thread does not go on blocking on it, which would
-/// also stop it from serving rebalances and committing: it pauses fetching for the whole
-/// assignment and keeps polling for rebalance events and committing, then resumes once the
-/// runtime made room. librdkafka drops what it had fetched ahead for paused partitions and
-/// fetches again from the last message it returned, so nothing is skipped.
-pub(super) fn poll_loop(
-    consumer: BaseConsumer<KafkaContext>,
-    shared: Arc<Shared>,
-    tx: mpsc::Sender<Vec<Fetched>>,
-    commit_interval: Duration,
-    batch_size: usize,
-    runtime: tokio::runtime::Handle,
-) {
-    let mut last_commit = Instant::now();
-    let mut paused = false;
-    // Messages returned while the channel was full: sent first once there is room.
-    let mut held: Vec<Fetched> = Vec::new();
-    let mut copies = CopyBuffer::default();
-    while !shared.closing.load(Ordering::Acquire) {
-        // A full channel is the runtime's ordinary backpressure: wait a little for room, keeping
-        // librdkafka's prefetched messages; only a runtime that takes nothing for that long
-        // makes the thread pause (which drops the prefetched messages, to be fetched again).
-        let full = tx.capacity() == 0
-            && (paused
-                || runtime
-                    .block_on(async { tokio::time::timeout(PAUSE_AFTER, tx.reserve()).await })
-                    .is_err());
-        if paused && !full {
-            set_paused(&consumer, false);
-            paused = false;
-        }
-        if !paused {
-            // A seek of a paused partition would be undone by the resume, which fetches from
-            // where the partition was paused; so seeks wait until fetching resumed.
-            seek(&consumer, shared.lock().take_seeks());
-        }
-        if last_commit.elapsed() >= commit_interval {
-            commit(&consumer, shared.lock().take_commits(), CommitMode::Async);
-            last_commit = Instant::now();
-        }
-        if full {
-            // Pausing the current assignment again each round also covers partitions a
-            // rebalance assigned meanwhile.
-            set_paused(&consumer, true);
-            if !paused {
-                SubscriptionStats::count(&shared.stats.fetch_pauses);
-                tracing::debug!("the runtime has no room: fetching paused");
-            }
-            paused = true;
-            if let Some(delivery) =
-                poll_one(&consumer, &shared, &mut copies, Duration::from_millis(10))
-            {
-                held.push(delivery);
-            }
-            continue;
-        }
-        // Drain what librdkafka has ready into one batch, so the runtime is woken once per
-        // batch rather than per message. Each message is tracked right after the poll that
-        // returned it, before a rebalance callback of a later poll can change the assignment.
-        let mut batch = std::mem::take(&mut held);
-        batch.reserve(batch_size.saturating_sub(batch.len()));
-        let mut wait = Duration::from_millis(100);
-        while batch.len() < batch_size {
-            match poll_one(&consumer, &shared, &mut copies, wait) {
-                Some(delivery) => batch.push(delivery),
-                None => break,
-            }
-            wait = Duration::ZERO;
-        }
-        // There is room (this thread is the only sender), so this does not block.
-        if !batch.is_empty() && tx.blocking_send(batch).is_err() {
-            break;
-        }
-    }
-    // Closing: commit what completed since the last commit. Leaving the group then revokes
-    // everything, which commits nothing more: the table knows these were committed.
-    commit(&consumer, shared.lock().take_commits(), CommitMode::Sync);
-    consumer.unsubscribe();
-    drop(consumer);
-    shared.report_assignment(&shared.lock());
-}
-
-/// A tracked message on its way from the poll thread to the runtime.
-///
-/// The message goes by value and is put in its `Arc` on the runtime's side, where it is also
-/// dropped: an allocation made on the poll thread and freed on another one waited on the
-/// allocator's lock for the poll thread's arena, which librdkafka keeps busy. (A header list,
-/// when a record has headers besides anybus's id, and the batch's `Vec` still cross.)
-pub(super) struct Fetched {
-    message: Message,
-    receipt: Receipt,
-}
-
-impl Fetched {
-    fn into_delivery(self) -> Delivery {
-        Delivery {
-            message: Arc::new(self.message),
-            receipt: self.receipt,
-        }
-    }
-}
-
-/// Polls once, serving rebalance events; a message comes back tracked, as a delivery.
-fn poll_one(
-    consumer: &BaseConsumer<KafkaContext>,
-    shared: &Shared,
-    copies: &mut CopyBuffer,
-    wait: Duration,
-) -> Option<Fetched> {
-    loop {
-        let message = match consumer.poll(wait)? {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka consumer error");
-                return None;
-            }
-        };
-        let tracked = shared
-            .lock()
-            .track(message.topic(), message.partition(), message.offset());
-        // A message of a partition no longer owned is dropped; poll again.
-        if let Some((receipt, topic, ids)) = tracked {
-            return Some(Fetched {
-                message: to_message(&message, topic, ids, copies),
-                receipt,
-            });
-        }
-    }
-}
-
-/// Pauses or resumes fetching for the consumer's whole current assignment.
-fn set_paused(consumer: &BaseConsumer<KafkaContext>, pause: bool) {
-    let assignment = match consumer.assignment() {
-        Ok(a) if a.count() > 0 => a,
-        Ok(_) => return,
-        Err(e) => return tracing::warn!(error = %e, "cannot read the assignment"),
-    };
-    let result = if pause {
-        consumer.pause(&assignment)
-    } else {
-        consumer.resume(&assignment)
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, pause, "cannot pause or resume fetching");
-    }
-}
-
-fn seek(consumer: &BaseConsumer<KafkaContext>, seeks: Vec<Seek>) {
-    for seek in seeks {
-        if let Err(e) = consumer.seek(
-            &seek.topic,
-            seek.partition,
-            Offset::Offset(seek.offset),
-            Duration::from_secs(10),
-        ) {
-            tracing::warn!(topic = &*seek.topic, partition = seek.partition, error = %e, "seek failed");
-        }
-    }
-}
-
-fn commit(
-    consumer: &BaseConsumer<KafkaContext>,
-    offsets: Vec<(Arc<str>, i32, i64)>,
-    mode: CommitMode,
-) {
-    if offsets.is_empty() {
-        return;
-    }
-    let mut list = TopicPartitionList::new();
-    for (topic, partition, offset) in &offsets {
-        if let Err(e) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
-            tracing::warn!(error = %e, "cannot list an offset to commit");
-        }
-    }
-    if let Err(e) = consumer.commit(&list, mode) {
-        tracing::warn!(error = %e, "commit failed");
     }
 }
 
 /// The [`Consumer`] the runtime reads from.
 pub(super) struct KafkaConsumer {
+    /// For pausing and resuming one partition. Declared before `rx`, so that a consumer
+    /// dropped without `close` lets go of it before the poll thread can see the channel
+    /// closed and end: the poll thread, not a runtime worker, closes the librdkafka consumer.
+    pub(super) consumer: Option<Arc<BaseConsumer<KafkaContext>>>,
     pub(super) rx: mpsc::Receiver<Vec<Fetched>>,
     pub(super) shared: Arc<Shared>,
     pub(super) thread: Option<std::thread::JoinHandle<()>>,
@@ -472,27 +310,45 @@ impl Consumer for KafkaConsumer {
         Arc::clone(&self.shared) as Arc<dyn Settler>
     }
 
+    fn pause(&mut self, slot: u32) {
+        if let Some(consumer) = &self.consumer {
+            self.shared.hold(consumer, slot, true);
+        }
+    }
+
+    fn resume(&mut self, slot: u32) {
+        if let Some(consumer) = &self.consumer {
+            self.shared.hold(consumer, slot, false);
+        }
+    }
+
     fn close(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BackendError>> {
         self.shared.closing.store(true, Ordering::Release);
         self.shared.drained.notify_all();
         // Unblocks a poll thread waiting for room in the channel.
         self.rx.close();
         let thread = self.thread.take();
+        let consumer = self.consumer.take();
         Box::pin(async move {
             drop(self);
-            if let Some(thread) = thread {
-                tokio::task::spawn_blocking(move || thread.join())
-                    .await
-                    .map_err(|e| BackendError::Broker {
-                        backend: "kafka",
-                        reason: format!("the poll thread could not be joined: {e}"),
-                    })?
-                    .map_err(|_| BackendError::Broker {
-                        backend: "kafka",
-                        reason: "the poll thread panicked".into(),
-                    })?;
-            }
-            Ok(())
+            let Some(thread) = thread else {
+                return Ok(());
+            };
+            tokio::task::spawn_blocking(move || {
+                // If the poll thread ended already, this closes the librdkafka consumer,
+                // which blocks: here on a blocking thread, not on a runtime worker.
+                drop(consumer);
+                thread.join()
+            })
+            .await
+            .map_err(|e| BackendError::Broker {
+                backend: "kafka",
+                reason: format!("the poll thread could not be joined: {e}"),
+            })?
+            .map_err(|_| BackendError::Broker {
+                backend: "kafka",
+                reason: "the poll thread panicked".into(),
+            })
         })
     }
 }

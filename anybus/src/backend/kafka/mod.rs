@@ -18,6 +18,8 @@
 mod config;
 mod consumer;
 mod partitions;
+mod poll;
+mod record;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -238,13 +240,23 @@ impl KafkaBackend {
         let commit_interval = self.config.commit_interval;
         let thread_shared = Arc::clone(&shared);
         let runtime = tokio::runtime::Handle::current();
+        let consumer = Arc::new(consumer);
+        let thread_consumer = Arc::clone(&consumer);
         let thread = std::thread::Builder::new()
             .name(format!("anybus-kafka-{}", config.group))
             .spawn(move || {
-                consumer::poll_loop(consumer, thread_shared, tx, commit_interval, batch, runtime)
+                poll::poll_loop(
+                    thread_consumer,
+                    thread_shared,
+                    tx,
+                    commit_interval,
+                    batch,
+                    runtime,
+                )
             })
             .map_err(|e| failed(format!("cannot start the poll thread: {e}")))?;
         Ok(Box::new(KafkaConsumer {
+            consumer: Some(consumer),
             rx,
             shared,
             thread: Some(thread),

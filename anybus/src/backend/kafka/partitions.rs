@@ -1,9 +1,11 @@
 //! The bookkeeping of a Kafka consumer, apart from any I/O: which partitions it owns under
-//! which generation, what is in flight, what may be committed, and where to seek after a nack.
+//! which generation, what is in flight, what may be committed, where to seek after a nack, and
+//! which partitions the runtime holds back.
 //!
 //! Every assignment of a partition gets a fresh generation; a receipt from an older one is
 //! stale. The commit point of a partition is the highest contiguous completed offset + 1, as the
-//! [`OffsetTracker`] keeps it.
+//! [`OffsetTracker`] keeps it. A commit point counts as committed only once the broker said so
+//! ([`PartitionTable::commit_answered`]); until then it is committed again on revoke and close.
 
 use std::sync::Arc;
 
@@ -12,14 +14,20 @@ use crate::backend::Receipt;
 use crate::message::RecordIds;
 use crate::observe::TopicPartition;
 
+use self::owners::Owners;
+
+mod owners;
+
 /// An owned partition.
 #[derive(Debug)]
 struct Owned {
     generation: u64,
     /// Created at the first message read under this generation.
     tracker: Option<OffsetTracker>,
-    /// The offset last committed (or about to be), so that unchanged partitions are skipped.
+    /// The offset the broker confirmed as committed, so that unchanged partitions are skipped.
     committed: Option<i64>,
+    /// The offset of the last commit sent and not answered yet.
+    committing: Option<i64>,
     /// Asked back by the group: draining, then handed over.
     revoking: bool,
     /// Rewound by a nack: messages read before the seek is applied are dropped.
@@ -28,7 +36,7 @@ struct Owned {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SeekState {
-    /// The poll thread has not sought yet.
+    /// The poll thread has not sought yet (or its seek failed, and it must seek again).
     Pending(i64),
     /// Sought; only this offset or later is accepted.
     From(i64),
@@ -42,67 +50,38 @@ pub(super) struct Seek {
     pub(super) offset: i64,
 }
 
+/// A partition this consumer has met, owned or not: its slot index is stable for the life of
+/// the consumer.
+#[derive(Debug)]
+struct Slot {
+    topic: Arc<str>,
+    partition: i32,
+    ids: RecordIds,
+    /// Paused by the runtime ([`PartitionTable::hold`]); kept across a revoke, so that the
+    /// partition stays paused when it is assigned again.
+    held: bool,
+}
+
 /// What the consumer owns and how far it got.
 #[derive(Debug, Default)]
 pub(super) struct PartitionTable {
-    /// Slot ids are stable for the life of the consumer: index into this list. A consumer owns
-    /// few partitions, so a scan beats a map here.
-    slots: Vec<(Arc<str>, i32, RecordIds)>,
+    /// Indexed by slot. A consumer owns few partitions, so a scan beats a map here.
+    slots: Vec<Slot>,
     owned: Owners,
     next_generation: u64,
-}
-
-/// The owned partitions by slot: a slot's index into a list, since slots are dense and every
-/// message looks its partition up here (a hash map's hashing showed in profiles).
-#[derive(Debug, Default)]
-struct Owners(Vec<Option<Owned>>);
-
-impl Owners {
-    fn insert(&mut self, slot: u32, owned: Owned) {
-        let i = slot as usize;
-        if self.0.len() <= i {
-            self.0.resize_with(i + 1, || None);
-        }
-        self.0[i] = Some(owned);
-    }
-
-    fn get(&self, slot: &u32) -> Option<&Owned> {
-        self.0.get(*slot as usize)?.as_ref()
-    }
-
-    fn get_mut(&mut self, slot: &u32) -> Option<&mut Owned> {
-        self.0.get_mut(*slot as usize)?.as_mut()
-    }
-
-    fn remove(&mut self, slot: &u32) -> Option<Owned> {
-        self.0.get_mut(*slot as usize)?.take()
-    }
-
-    fn values(&self) -> impl Iterator<Item = &Owned> {
-        self.0.iter().flatten()
-    }
-
-    fn keys(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| o.is_some())
-            .map(|(i, _)| i as u32)
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut Owned)> {
-        self.0
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, o)| Some((i as u32, o.as_mut()?)))
-    }
+    /// Fetching is paused for the whole assignment (the runtime's channel is full).
+    fetch_paused: bool,
 }
 
 impl PartitionTable {
     fn slot(&mut self, topic: &str, partition: i32) -> u32 {
         self.find(topic, partition).unwrap_or_else(|| {
-            self.slots
-                .push((Arc::from(topic), partition, RecordIds::new(topic)));
+            self.slots.push(Slot {
+                topic: Arc::from(topic),
+                partition,
+                ids: RecordIds::new(topic),
+                held: false,
+            });
             self.slots.len() as u32 - 1
         })
     }
@@ -110,8 +89,18 @@ impl PartitionTable {
     fn find(&self, topic: &str, partition: i32) -> Option<u32> {
         self.slots
             .iter()
-            .position(|(t, p, _)| *p == partition && &**t == topic)
+            .position(|s| s.partition == partition && &*s.topic == topic)
             .map(|i| i as u32)
+    }
+
+    fn owned_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Owned> {
+        let slot = self.find(topic, partition)?;
+        self.owned.get_mut(&slot)
+    }
+
+    fn name(&self, slot: u32) -> (Arc<str>, i32) {
+        let s = &self.slots[slot as usize];
+        (Arc::clone(&s.topic), s.partition)
     }
 
     /// Takes on a partition under a new generation.
@@ -124,21 +113,24 @@ impl PartitionTable {
                 generation: self.next_generation,
                 tracker: None,
                 committed: None,
+                committing: None,
                 revoking: false,
                 seek: None,
             },
         );
     }
 
-    /// Stops handing out work of a partition that is being taken away; `true` when it was
-    /// owned and not being taken away already.
+    /// Stops handing out work of a partition that is being taken away, and gives up what was
+    /// handed out but has not started (in the poll thread's hands, the channel or the runtime's
+    /// buffers): the drain waits only for work that runs. `true` when the partition was owned
+    /// and not being taken away already.
     pub(super) fn begin_revoke(&mut self, topic: &str, partition: i32) -> bool {
-        match self
-            .find(topic, partition)
-            .and_then(|slot| self.owned.get_mut(&slot))
-        {
+        match self.owned_mut(topic, partition) {
             Some(owned) if !owned.revoking => {
                 owned.revoking = true;
+                if let Some(tracker) = owned.tracker.as_mut() {
+                    tracker.abandon_unstarted();
+                }
                 true
             }
             _ => false,
@@ -154,7 +146,8 @@ impl PartitionTable {
             .sum()
     }
 
-    /// Gives up a partition; returns the offset to commit for it, if there is one to commit.
+    /// Gives up a partition; returns the offset to commit for it, unless the broker confirmed
+    /// that one already.
     pub(super) fn finish_revoke(&mut self, topic: &str, partition: i32) -> Option<i64> {
         let slot = self.find(topic, partition)?;
         let owned = self.owned.remove(&slot)?;
@@ -192,11 +185,11 @@ impl PartitionTable {
             return None;
         }
         tracker.track(offset);
-        let (topic, _, ids) = &self.slots[slot as usize];
+        let s = &self.slots[slot as usize];
         Some((
             Receipt::new(slot, offset, owned.generation),
-            Arc::clone(topic),
-            *ids,
+            Arc::clone(&s.topic),
+            s.ids,
         ))
     }
 
@@ -224,20 +217,28 @@ impl PartitionTable {
     }
 
     /// Claims the start of the receipt's work: `true` when its generation is live and its
-    /// partition is not being revoked. A delivery of a revoking partition is given up instead:
-    /// the drain no longer waits for it, and the commit point stays below it.
+    /// partition is not being revoked; a revoke waits for it from then on. A delivery of a
+    /// revoking partition is given up instead: the drain no longer waits for it, and the
+    /// commit point stays below it.
     pub(super) fn try_start(&mut self, receipt: &Receipt) -> bool {
-        if self.may_start(receipt) {
-            return true;
+        // One lookup: this runs for every delivery.
+        let Some(owned) = self.live(receipt) else {
+            return false;
+        };
+        if owned.seek.is_some() {
+            return false;
         }
-        if let Some(tracker) = self
-            .live(receipt)
-            .filter(|owned| owned.revoking)
-            .and_then(|owned| owned.tracker.as_mut())
-        {
-            tracker.abandon(receipt.offset);
+        match (owned.tracker.as_mut(), owned.revoking) {
+            (Some(tracker), true) => {
+                tracker.abandon(receipt.offset);
+                false
+            }
+            (Some(tracker), false) => {
+                tracker.start(receipt.offset);
+                true
+            }
+            (None, revoking) => !revoking,
         }
-        false
     }
 
     /// Records a finished message. `Err(())` when the receipt is stale.
@@ -270,10 +271,10 @@ impl PartitionTable {
         for (slot, owned) in self.owned.iter_mut() {
             if let Some(SeekState::Pending(offset)) = owned.seek {
                 owned.seek = Some(SeekState::From(offset));
-                let (topic, partition, _) = &self.slots[slot as usize];
+                let s = &self.slots[slot as usize];
                 seeks.push(Seek {
-                    topic: Arc::clone(topic),
-                    partition: *partition,
+                    topic: Arc::clone(&s.topic),
+                    partition: s.partition,
                     offset,
                 });
             }
@@ -281,20 +282,88 @@ impl PartitionTable {
         seeks
     }
 
-    /// Commit points that moved since they were last taken, marked as committed.
+    /// A seek from [`PartitionTable::take_seeks`] failed: librdkafka goes on fetching from
+    /// where it was, past messages that were never handled. Everything read of the partition
+    /// is dropped (and nothing of it committed) until a seek succeeds: the next
+    /// [`PartitionTable::take_seeks`] asks for it again.
+    pub(super) fn seek_failed(&mut self, seek: &Seek) {
+        if let Some(owned) = self.owned_mut(&seek.topic, seek.partition) {
+            if owned.seek == Some(SeekState::From(seek.offset)) {
+                owned.seek = Some(SeekState::Pending(seek.offset));
+            }
+        }
+    }
+
+    /// Commit points that are neither confirmed nor being committed, marked as being
+    /// committed: a commit that failed is taken again.
     pub(super) fn take_commits(&mut self) -> Vec<(Arc<str>, i32, i64)> {
+        self.take_where(|owned, point| owned.committing != Some(point))
+    }
+
+    /// Every commit point the broker has not confirmed, sent or not: what closing commits.
+    pub(super) fn take_unconfirmed(&mut self) -> Vec<(Arc<str>, i32, i64)> {
+        self.take_where(|_, _| true)
+    }
+
+    fn take_where(&mut self, also: impl Fn(&Owned, i64) -> bool) -> Vec<(Arc<str>, i32, i64)> {
         let mut commits = Vec::new();
         for (slot, owned) in self.owned.iter_mut() {
             let Some(point) = owned.tracker.as_ref().map(OffsetTracker::commit_point) else {
                 continue;
             };
-            if owned.committed != Some(point) {
-                owned.committed = Some(point);
-                let (topic, partition, _) = &self.slots[slot as usize];
-                commits.push((Arc::clone(topic), *partition, point));
+            if owned.committed != Some(point) && also(owned, point) {
+                owned.committing = Some(point);
+                let s = &self.slots[slot as usize];
+                commits.push((Arc::clone(&s.topic), s.partition, point));
             }
         }
         commits
+    }
+
+    /// The broker's answer to a commit of `offset`: on success it is the partition's
+    /// committed offset; on failure the next [`PartitionTable::take_commits`] takes the
+    /// partition's commit point again. An answer to an older commit than the last one sent
+    /// changes nothing: the last one's answer is still to come.
+    pub(super) fn commit_answered(&mut self, topic: &str, partition: i32, offset: i64, ok: bool) {
+        let Some(owned) = self.owned_mut(topic, partition) else {
+            return;
+        };
+        if owned.committing != Some(offset) {
+            return;
+        }
+        owned.committing = None;
+        if ok {
+            owned.committed = Some(offset);
+        }
+    }
+
+    /// The runtime holds the partition of `slot` back; returns it when this consumer owns it,
+    /// so that its fetching is paused now.
+    pub(super) fn hold(&mut self, slot: u32) -> Option<(Arc<str>, i32)> {
+        self.slots.get_mut(slot as usize)?.held = true;
+        self.owned.get(&slot).map(|_| self.name(slot))
+    }
+
+    /// The runtime lets the partition of `slot` go on; returns it when its fetching resumes
+    /// now: owned, and fetching not paused for the whole assignment.
+    pub(super) fn release(&mut self, slot: u32) -> Option<(Arc<str>, i32)> {
+        let s = self.slots.get_mut(slot as usize)?;
+        let was_held = std::mem::replace(&mut s.held, false);
+        (was_held && !self.fetch_paused && self.owned.get(&slot).is_some()).then(|| self.name(slot))
+    }
+
+    /// Records whether fetching is paused for the whole assignment.
+    pub(super) fn set_fetch_paused(&mut self, paused: bool) {
+        self.fetch_paused = paused;
+    }
+
+    /// Whether fetching of the partition must be paused: the runtime holds it back, or
+    /// fetching is paused for the whole assignment.
+    pub(super) fn is_paused(&self, topic: &str, partition: i32) -> bool {
+        self.fetch_paused
+            || self
+                .find(topic, partition)
+                .is_some_and(|slot| self.slots[slot as usize].held)
     }
 
     /// The partitions owned, sorted.
@@ -303,11 +372,8 @@ impl PartitionTable {
             .owned
             .keys()
             .map(|slot| {
-                let (topic, partition, _) = &self.slots[slot as usize];
-                TopicPartition {
-                    topic: Arc::clone(topic),
-                    partition: *partition,
-                }
+                let (topic, partition) = self.name(slot);
+                TopicPartition { topic, partition }
             })
             .collect();
         all.sort();
@@ -316,97 +382,4 @@ impl PartitionTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commits_never_pass_an_unfinished_offset() {
-        let mut t = PartitionTable::default();
-        t.assign("t", 0);
-        let r: Vec<Receipt> = (10..14).map(|o| t.track("t", 0, o).unwrap().0).collect();
-        t.complete(&r[2]).unwrap();
-        t.complete(&r[1]).unwrap();
-        assert_eq!(t.take_commits(), vec![(Arc::from("t"), 0, 10)]);
-        t.complete(&r[0]).unwrap();
-        assert_eq!(t.take_commits(), vec![(Arc::from("t"), 0, 13)]);
-        assert!(t.take_commits().is_empty(), "nothing moved");
-    }
-
-    #[test]
-    fn a_stale_receipt_after_reassignment_changes_nothing() {
-        let mut t = PartitionTable::default();
-        t.assign("t", 0);
-        let old = t.track("t", 0, 0).unwrap().0;
-        t.begin_revoke("t", 0);
-        assert_eq!(t.revoking_in_flight(), 1);
-        assert_eq!(t.finish_revoke("t", 0), Some(0));
-        t.assign("t", 0);
-        assert!(!t.is_current(&old));
-        assert_eq!(t.complete(&old), Err(()));
-        let fresh = t.track("t", 0, 0).unwrap().0;
-        assert!(t.is_current(&fresh));
-        assert_ne!(fresh.generation(), old.generation());
-    }
-
-    #[test]
-    fn a_rewind_drops_reads_until_the_seek_took_effect() {
-        let mut t = PartitionTable::default();
-        t.assign("t", 0);
-        let r: Vec<Receipt> = (0..3).map(|o| t.track("t", 0, o).unwrap().0).collect();
-        t.complete(&r[0]).unwrap();
-        t.rewind(&r[1]).unwrap();
-        assert!(!t.is_current(&r[2]), "work read before the rewind is stale");
-        assert!(t.track("t", 0, 3).is_none(), "prefetched before the seek");
-        assert_eq!(
-            t.take_seeks(),
-            vec![Seek {
-                topic: Arc::from("t"),
-                partition: 0,
-                offset: 1
-            }]
-        );
-        assert!(t.track("t", 0, 0).is_none(), "before the seek target");
-        let again = t.track("t", 0, 1).unwrap().0;
-        assert_eq!(again.offset, 1);
-        assert!(t.is_current(&again));
-    }
-
-    #[test]
-    fn assignment_lists_owned_partitions() {
-        let mut t = PartitionTable::default();
-        t.assign("b", 1);
-        t.assign("a", 0);
-        let names: Vec<(String, i32)> = t
-            .assignment()
-            .into_iter()
-            .map(|tp| (tp.topic.to_string(), tp.partition))
-            .collect();
-        assert_eq!(names, [("a".into(), 0), ("b".into(), 1)]);
-    }
-
-    #[test]
-    fn a_revoke_gives_up_work_not_started_and_commits_below_it() {
-        let mut t = PartitionTable::default();
-        t.assign("t", 0);
-        let r: Vec<Receipt> = (0..4).map(|o| t.track("t", 0, o).unwrap().0).collect();
-        t.complete(&r[0]).unwrap();
-        assert!(t.try_start(&r[1]), "started before the revoke");
-        t.begin_revoke("t", 0);
-        assert_eq!(t.revoking_in_flight(), 3);
-        assert!(!t.try_start(&r[2]), "no new work on a revoking partition");
-        assert!(t.is_current(&r[1]), "work running on it may still finish");
-        assert_eq!(t.revoking_in_flight(), 2, "given up: no longer waited for");
-        t.complete(&r[1]).unwrap();
-        assert!(!t.try_start(&r[3]));
-        assert_eq!(
-            t.revoking_in_flight(),
-            0,
-            "the drain waits for nothing more"
-        );
-        assert_eq!(
-            t.finish_revoke("t", 0),
-            Some(2),
-            "the next owner starts at the first given up"
-        );
-    }
-}
+mod tests;
