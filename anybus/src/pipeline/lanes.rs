@@ -8,8 +8,8 @@
 //!
 //! When a lane's channel is full, the dispatch loop does not wait for it, which would stop every
 //! other partition too: it keeps the delivery, and whatever else comes for that partition, in
-//! the lane's overflow, in order, and pauses the partition at the backend
-//! ([`Consumer::pause`]). The lane tells the loop once half its channel is free while the
+//! the lane's overflow, in order, and once the overflow holds [`OVERFLOW_BEFORE_PAUSE`] it
+//! pauses the partition at the backend ([`Consumer::pause`]). The lane tells the loop once half its channel is free while the
 //! overflow waits; the loop moves the overflow in, and resumes the partition once the overflow
 //! is empty. The overflow holds at most what the backend had fetched before the pause
 //! took effect.
@@ -23,8 +23,14 @@ use tokio::sync::mpsc;
 use crate::backend::{Consumer, Delivery};
 use crate::observe::SubscriptionStats;
 
-/// Deliveries a lane buffers before its partition overflows and is paused.
+/// Deliveries a lane buffers before its partition overflows.
 pub(super) const LANE_CAPACITY: usize = 128;
+
+/// Deliveries a lane's overflow holds before its partition is paused. Pausing is not free (a
+/// Kafka consumer drops what it prefetched for the partition and fetches it again on resume),
+/// so a lane that is only briefly full is not paused; one that stays full is, and its
+/// partition then holds at most this, the lane, and what was on its way.
+pub(super) const OVERFLOW_BEFORE_PAUSE: usize = 4 * LANE_CAPACITY;
 
 /// The dispatch loop's side of one lane.
 struct LaneTx {
@@ -34,6 +40,8 @@ struct LaneTx {
     overflow: VecDeque<Delivery>,
     /// Set while the overflow waits: the lane reports on `room` when it takes a delivery.
     wants_room: Arc<AtomicBool>,
+    /// Whether the loop paused the partition ([`OVERFLOW_BEFORE_PAUSE`]).
+    paused: bool,
 }
 
 /// The lane side of the room signal: how a lane tells the loop it took a delivery.
@@ -111,6 +119,7 @@ impl Lanes {
                     tx,
                     overflow: VecDeque::new(),
                     wants_room,
+                    paused: false,
                 });
                 self.lanes.len() - 1
             }
@@ -118,6 +127,11 @@ impl Lanes {
         let lane = &mut self.lanes[i];
         if !lane.overflow.is_empty() {
             lane.overflow.push_back(delivery);
+            if lane.overflow.len() == OVERFLOW_BEFORE_PAUSE && !lane.paused {
+                lane.paused = true;
+                consumer.pause(slot);
+                SubscriptionStats::count(&self.stats.lane_pauses);
+            }
             return Ok(());
         }
         match lane.tx.try_send(delivery) {
@@ -126,8 +140,6 @@ impl Lanes {
             Err(mpsc::error::TrySendError::Full(delivery)) => {
                 lane.overflow.push_back(delivery);
                 lane.wants_room.store(true, AtomicOrdering::Release);
-                consumer.pause(slot);
-                SubscriptionStats::count(&self.stats.lane_pauses);
                 Ok(())
             }
         }
@@ -159,7 +171,9 @@ impl Lanes {
                 }
             }
         }
-        consumer.resume(slot);
+        if std::mem::take(&mut lane.paused) {
+            consumer.resume(slot);
+        }
         Ok(())
     }
 }
