@@ -224,9 +224,9 @@ pub struct SubscriptionSpec {
     pub partitions: Option<u32>,
     /// Retry policy; `None` means the default one, [`RetrySpec::default`].
     pub retry: Option<RetrySpec>,
-    /// Where failed messages go. Anything but the default is not yet supported.
+    /// Where messages given up on go: `{topic}.dlq` by default.
     pub dead_letter: DeadLetter,
-    /// Duplicate suppression, if any. Not yet supported.
+    /// Duplicate suppression, if any.
     pub dedup: Option<DedupKey>,
 }
 

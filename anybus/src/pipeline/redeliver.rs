@@ -43,13 +43,8 @@ impl<'m> RetryCopy<'m> {
     /// retry topic of the topic its [`header::RETRY_TOPIC`] names. `None` for every other
     /// message, whatever headers it carries.
     pub(crate) fn of(message: &'m Message, group: &str) -> Option<Self> {
-        let original = message.headers().get_str(header::RETRY_TOPIC)?;
-        let own = message
-            .topic()
-            .strip_prefix(original)
-            .and_then(|rest| rest.strip_prefix(".retry."))
-            .is_some_and(|rest| rest == group);
-        if !own {
+        let (original, of_group) = retry_topic_parts(message)?;
+        if of_group != group {
             return None;
         }
         Some(Self {
@@ -79,12 +74,20 @@ pub(crate) fn is_foreign_helper(message: &Message, group: &str) -> bool {
         .get_str(header::DLQ_TOPIC)
         .and_then(|from| topic.strip_prefix(from))
         .is_some_and(|rest| rest == ".dlq");
-    let retry = headers
-        .get_str(header::RETRY_TOPIC)
-        .and_then(|original| topic.strip_prefix(original))
-        .and_then(|rest| rest.strip_prefix(".retry."))
-        .is_some_and(|rest| rest != group);
+    let retry = retry_topic_parts(message).is_some_and(|(_, of_group)| of_group != group);
     dead_letter || retry
+}
+
+/// [`retry_topic`] read backwards, as far as `message` shows it: when the message's topic is
+/// `{t}.retry.{g}` for the `t` its [`header::RETRY_TOPIC`] names, that `t` and `g` (which, on a
+/// RabbitMQ wait routing key, ends in the wait suffix).
+fn retry_topic_parts(message: &Message) -> Option<(&str, &str)> {
+    let original = message.headers().get_str(header::RETRY_TOPIC)?;
+    let group = message
+        .topic()
+        .strip_prefix(original)?
+        .strip_prefix(".retry.")?;
+    Some((original, group))
 }
 
 fn millis_header(message: &Message, name: &str) -> Option<SystemTime> {
