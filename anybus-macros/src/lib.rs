@@ -20,13 +20,31 @@ use crate::args::{Args, DeadLetter, Dedup, Errors};
 /// Next to the function it defines a type of the same name whose `subscription()` returns the
 /// `anybus::Subscription`: `App::builder().subscribe(my_handler::subscription())`.
 ///
-/// Arguments: `topic = "t"` or `topic = ["a", "b"]` (required), `group = "g"`,
-/// `codec = "json" | "raw"`, `concurrency = N`, `ordering = "partition" | "key" | "none"`,
-/// `partitions = N`, `retry(max_attempts = N, backoff = "exponential" | "fixed",
-/// initial = "100ms", max = "30s", jitter = true, mode = "in_process" | "redeliver")`,
-/// `dead_letter = "name" | false`,
-/// `dedup = true | "field" | "path.to.field" | header("name") | key_fn` (a function
-/// `fn(&Message) -> Option<String>`).
+/// Every argument but `topic` is optional; the defaults are what a subscription gets without
+/// asking, the same as with [`Subscription::builder`] (whose default group is the subscription's name):
+///
+/// | argument | values | default |
+/// |---|---|---|
+/// | `topic` | `"t"` or `["a", "b"]` (RabbitMQ also `*`/`#` patterns) | required |
+/// | `group` | the consumer group: each group gets every message, its members share them | the function's module path and name, with dots: `my_crate.orders.reserve_stock`, so that two services' `fn handle` never share a group; name it in production, since moving the function changes the default |
+/// | `codec` | `"json"`, `"raw"` | `"json"` |
+/// | `concurrency` | handlers at once, `N` ≥ 1 | `16` |
+/// | `ordering` | `"partition"` (one at a time per partition), `"key"` (one at a time per key, up to `concurrency` keys at once), `"none"` | `"partition"` |
+/// | `partitions` | partitions of the topics anybus creates | the broker URL's `partitions=` option (4 unless told) |
+/// | `retry(max_attempts = N)` | attempts in all, first included, ≥ 1 | `3` |
+/// | `retry(backoff = …)` | `"exponential"` (doubling), `"fixed"` | `"exponential"` |
+/// | `retry(initial = "100ms")` | the first wait (`ms`, `s`, `m`) | `"100ms"` |
+/// | `retry(max = "30s")` | the longest wait | `"30s"` |
+/// | `retry(jitter = true)` | adds a random part of up to the wait itself (so a 100 ms wait is 100–200 ms), so that failures do not retry in lockstep | `true` |
+/// | `retry(mode = …)` | `"in_process"` (the handler's slot waits), `"redeliver"` (a retry copy waits on the group's retry topic, holding no slot) | `"in_process"` |
+/// | `dead_letter` | `"name"`, or `false` (log and skip) | `"{topic}.dlq"` |
+/// | `dedup` | `true` (the message id), `"field"` / `"path.to.field"` (of a JSON payload), `header("name")`, or a `fn(&Message) -> Option<String>` | off |
+///
+/// Without `retry(...)` a subscription has all the retry defaults above: 3 attempts in process,
+/// 100 ms then 200 ms apart (plus jitter), then the dead letter with reason
+/// `attempts-exhausted`. Naming one `retry` argument keeps the defaults of the others.
+///
+/// [`Subscription::builder`]: https://docs.rs/anybus/latest/anybus/struct.Subscription.html#method.builder
 #[proc_macro_attribute]
 pub fn subscriber(args: TokenStream, item: TokenStream) -> TokenStream {
     let args = Tokens::from(args);
@@ -182,8 +200,16 @@ fn expand(args: &Args, f: &ItemFn) -> Tokens {
 
     let topics = &args.topics;
     let mut options = Tokens::new();
-    if let Some(group) = &args.group {
-        options.extend(quote!(.group(#group)));
+    match &args.group {
+        Some(group) => options.extend(quote!(.group(#group))),
+        // The module path makes the default group unique to the crate and module: two services
+        // that each have an `fn handle` do not share a group (and split each other's messages).
+        // Dots rather than `::`, which a Kafka topic name (a group's retry topic) cannot hold.
+        None => options.extend(quote!(.group(::std::format!(
+            "{}.{}",
+            ::core::module_path!().replace("::", "."),
+            #name_str
+        )))),
     }
     if let Some(n) = args.concurrency {
         options.extend(quote!(.concurrency(#n)));

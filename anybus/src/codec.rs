@@ -38,6 +38,10 @@ pub trait Codec: Send + Sync + 'static {
     /// The name used in errors, in the macro's `codec = "…"` argument and in content-type headers.
     const NAME: &'static str;
 
+    /// The media type of what it writes, sent as the [`content-type`](crate::header::CONTENT_TYPE)
+    /// header.
+    const CONTENT_TYPE: &'static str;
+
     /// Decodes a payload.
     fn decode<T: DeserializeOwned>(payload: &Bytes) -> Result<T, DecodeError>;
 
@@ -58,6 +62,7 @@ pub struct Json;
 
 impl Codec for Json {
     const NAME: &'static str = "json";
+    const CONTENT_TYPE: &'static str = "application/json";
 
     fn decode<T: DeserializeOwned>(payload: &Bytes) -> Result<T, DecodeError> {
         serde_json::from_slice(payload).map_err(|e| DecodeError {
@@ -87,6 +92,7 @@ pub struct Raw;
 
 impl Codec for Raw {
     const NAME: &'static str = "raw";
+    const CONTENT_TYPE: &'static str = "application/octet-stream";
 
     fn decode<T: DeserializeOwned>(payload: &Bytes) -> Result<T, DecodeError> {
         let de = serde::de::value::BytesDeserializer::<serde::de::value::Error>::new(payload);

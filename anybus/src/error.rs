@@ -27,8 +27,10 @@ impl FailureKind {
     }
 }
 
-/// The error a handler returns. Any `std::error::Error` converts into a transient one with `?`;
-/// say [`HandlerError::permanent`] when retrying cannot help.
+/// The error a handler returns. Any `std::error::Error`, `Box<dyn Error + Send + Sync>` and
+/// `anyhow::Error` converts into a transient one with `?` (a handler may also return
+/// `Result<_, anyhow::Error>` as it is); say [`HandlerError::permanent`] when retrying cannot
+/// help.
 ///
 /// ```
 /// use anybus::HandlerError;
@@ -100,7 +102,21 @@ impl HandlerError {
     }
 }
 
-impl<E: StdError + Send + Sync + 'static> From<E> for HandlerError {
+/// Whatever converts into a boxed `std::error::Error` converts into a transient failure: any
+/// `std::error::Error`, a `Box<dyn Error + Send + Sync>`, `anyhow::Error` (through anyhow's own
+/// conversion, so anybus needs no anyhow), a `String` or a `&str`.
+///
+/// ```
+/// use anybus::HandlerError;
+/// let boxed: Box<dyn std::error::Error + Send + Sync> = "db down".into();
+/// let e = HandlerError::from(boxed);
+/// assert!(e.is_transient());
+/// assert_eq!(e.to_string(), "transient failure: db down");
+/// ```
+///
+/// `HandlerError` itself is no `std::error::Error`, so that this impl and `From<T> for T` never
+/// overlap (a `std::error::Error` impl here would make every handler error ambiguous).
+impl<E: Into<Box<dyn StdError + Send + Sync>>> From<E> for HandlerError {
     fn from(e: E) -> Self {
         Self::transient(e)
     }
@@ -118,5 +134,61 @@ impl fmt::Debug for HandlerError {
             .field("kind", &self.kind)
             .field("source", &self.source)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::IntoOutcome;
+
+    #[test]
+    fn an_anyhow_error_converts_into_a_transient_failure_with_its_message() {
+        let error = anyhow::anyhow!("stock service unreachable").context("reserving o-1");
+        let e = HandlerError::from(error);
+        assert_eq!(e.kind(), FailureKind::Transient);
+        assert_eq!(e.type_name(), "anyhow::Error");
+        assert_eq!(e.to_string(), "transient failure: reserving o-1");
+        let cause = e.source_error().source().map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("stock service unreachable"));
+    }
+
+    #[test]
+    fn a_boxed_error_converts_into_a_transient_failure() {
+        let boxed: Box<dyn StdError + Send + Sync> = Box::new(std::io::Error::other("db down"));
+        let e = HandlerError::from(boxed);
+        assert!(e.is_transient());
+        assert_eq!(e.to_string(), "transient failure: db down");
+    }
+
+    #[test]
+    fn anyhow_and_boxed_errors_can_still_be_permanent() {
+        let e = HandlerError::permanent(anyhow::anyhow!("unknown sku"));
+        assert_eq!(e.kind(), FailureKind::Permanent);
+        assert_eq!(e.to_string(), "permanent failure: unknown sku");
+        let boxed: Box<dyn StdError + Send + Sync> = "bad order".into();
+        assert_eq!(
+            HandlerError::permanent(boxed).kind(),
+            FailureKind::Permanent
+        );
+    }
+
+    #[test]
+    fn a_handler_returning_anyhow_fails_transiently() {
+        async fn handle(n: u64) -> Result<(), anyhow::Error> {
+            anyhow::ensure!(n > 0, "empty order");
+            Ok(())
+        }
+        let outcome = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(handle(0))
+            .into_outcome::<crate::Json>(false);
+        match outcome {
+            crate::handler::Outcome::Failed(e) => {
+                assert_eq!(e.to_string(), "transient failure: empty order");
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! extractors taken from the delivery ([`Context`], [`Publisher`], [`Headers`], [`Key`],
 //! [`State<T>`]), in any order, as in axum. The return type is `Result<R, E>` with
 //! `R: Serialize` (the answer when the message is a request; `()` otherwise) and
-//! `E: Into<HandlerError>`.
+//! `E: Into<HandlerError>`: `HandlerError` itself, or any `std::error::Error`,
+//! `Box<dyn Error + Send + Sync>`, `anyhow::Error` or `String`, which fail transiently.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -32,10 +33,19 @@ pub enum Outcome {
     /// The handler succeeded; `reply` holds the encoded answer when the message was a request.
     Done {
         /// The encoded answer, present only when the message asked for one.
-        reply: Option<Bytes>,
+        reply: Option<Reply>,
     },
     /// The handler (or decoding before it) failed.
     Failed(HandlerError),
+}
+
+/// The encoded answer to a request, with the media type of the codec that wrote it.
+#[derive(Debug)]
+pub struct Reply {
+    /// The encoded answer.
+    pub payload: Bytes,
+    /// The media type of `payload` ([`Codec::CONTENT_TYPE`]).
+    pub content_type: &'static str,
 }
 
 /// A handler with its types erased: what a [`Subscription`](crate::Subscription) holds.
@@ -147,7 +157,12 @@ where
     fn into_outcome<C: Codec>(self, wants_reply: bool) -> Outcome {
         match self {
             Ok(value) if wants_reply => match C::encode(&value) {
-                Ok(bytes) => Outcome::Done { reply: Some(bytes) },
+                Ok(payload) => Outcome::Done {
+                    reply: Some(Reply {
+                        payload,
+                        content_type: C::CONTENT_TYPE,
+                    }),
+                },
                 Err(e) => Outcome::Failed(HandlerError::permanent(e)),
             },
             Ok(_) => Outcome::Done { reply: None },

@@ -5,7 +5,8 @@
 //! A handler is a plain `async fn`: its first argument is the event, decoded from the payload;
 //! further arguments are extractors ([`Context`], [`Publisher`], [`State`], …); it returns
 //! `Result<(), E>` (or `Result<R, E>` to answer a request). `#[subscriber]` turns it into a
-//! [`Subscription`] and leaves the function callable on its own, for unit tests:
+//! [`Subscription`] and leaves the function callable on its own, for unit tests ([`testing`]
+//! makes the extractors it takes, and runs a whole app on a private broker):
 //!
 //! ```
 //! use anybus::{subscriber, App, HandlerError};
@@ -58,12 +59,14 @@ mod pipeline;
 mod publish;
 mod replay;
 mod subscription;
+pub mod testing;
 mod url;
 
 pub use anybus_macros::subscriber;
 
 pub use crate::app::{
-    App, AppBuilder, RunError, ShutdownHandle, StartError, SubscriptionHealth, SubscriptionReport,
+    App, AppBuilder, AppHandle, RunError, ShutdownHandle, StartError, SubscriptionHealth,
+    SubscriptionReport,
 };
 pub use crate::codec::{Codec, DecodeError, EncodeError, Json, Raw};
 pub use crate::context::{Context, Key, State, StateMap};
@@ -78,6 +81,11 @@ pub use crate::subscription::{
     SubscriptionBuilder, SubscriptionSpec,
 };
 pub use crate::url::{redact, BrokerUrl, ConnectError};
+
+/// The README's example, compiled as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 
 /// What a service usually needs in scope.
 pub mod prelude {

@@ -20,6 +20,14 @@ pub mod header {
     pub const CORRELATION_ID: &str = "anybus-correlation-id";
     /// Set on an answer when the handler of the request failed; the value is the error message.
     pub const ERROR: &str = "anybus-error";
+    /// Set (to `true`) on the answer to a request that a deduplicating subscription had handled
+    /// before: the request's effect stands, its answer was not kept.
+    pub const DUPLICATE: &str = "anybus-duplicate";
+    /// The media type of the payload, from the codec that wrote it (`application/json` for
+    /// [`Json`](crate::codec::Json), `application/octet-stream` for [`Raw`](crate::codec::Raw)).
+    /// The name is the CloudEvents Kafka binding's; on RabbitMQ it is the AMQP `content-type`
+    /// property.
+    pub const CONTENT_TYPE: &str = "content-type";
     /// The delivery attempt anybus counts itself (1 for the first delivery).
     pub const ATTEMPT: &str = "anybus-attempt";
 

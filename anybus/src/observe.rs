@@ -3,7 +3,29 @@
 //! Every delivery is handled inside a `tracing` span named `anybus.delivery` with the topic,
 //! partition, offset, consumer group, message id and subscription; a handler's failure is logged
 //! inside it. Counters per subscription are plain atomics, read with
-//! [`App::stats`](crate::App::stats).
+//! [`App::stats`](crate::App::stats) or [`AppHandle::stats`](crate::AppHandle::stats).
+//!
+//! ## What each counter counts
+//!
+//! A *message* is counted once however often it is delivered; a *call* is one run of the
+//! handler (one attempt); a *delivery* is one time the broker handed the message over.
+//!
+//! | counter | counts | one message that … |
+//! |---|---|---|
+//! | `handled` | messages whose handler succeeded | succeeds on attempt 3: 1 |
+//! | `transient_failures` | calls that failed transiently (any error not marked permanent), each attempt counted, whatever came next | fails 5 times in process, then succeeds: 5 |
+//! | `permanent_failures` | calls that failed permanently: `HandlerError::permanent`, a panic, an undecodable payload, a missing or unreadable dedup key | panics: 1 |
+//! | `decode_failures` | of the permanent failures, payloads that did not decode | is not JSON: 1 (and 1 permanent) |
+//! | `retries` | attempts scheduled again after a transient failure, in process or as a redeliver-later copy | fails twice, then succeeds: 2 |
+//! | `exhausted` | messages given up because their attempts ran out | fails transiently 3 times by default: 1 (and 3 transient) |
+//! | `dead_lettered` | dead letters the broker confirmed, for any reason | is exhausted, or fails permanently: 1 |
+//! | `duplicates` | deliveries acked without (or, under the inbox, despite) running the handler, because their dedup key was done | arrives twice under `dedup`: 1 |
+//! | `dedup_in_progress` | deliveries left for later because another delivery held their dedup key | |
+//! | `store_failures` | dedup store calls that failed (the delivery comes again, or the call is tried again) | |
+//! | `publish_failures` | dead letters, retry copies and answers the broker did not confirm (the message comes again) | |
+//! | `redeliveries` | partitions rewound by a nack | |
+//! | `stale_settlements`, `skipped_stale`, `handovers` | acks dropped and deliveries given up after a rebalance, and partitions handed over | |
+//! | `peak_buffered`, `fetch_pauses`, `lane_pauses` | backpressure: most deliveries held under key ordering, fetch pauses, partitions paused for a full lane | |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,12 +53,18 @@ pub struct SubscriptionStats {
     pub assignment: watch::Sender<Vec<TopicPartition>>,
     /// Deliveries whose handler succeeded.
     pub handled: AtomicU64,
-    /// Transient failures (the message is delivered again).
+    /// Handler calls that failed transiently, each attempt counted (see the module docs).
     pub transient_failures: AtomicU64,
-    /// Permanent failures, decode failures included.
+    /// Handler calls that failed permanently, decode failures included.
     pub permanent_failures: AtomicU64,
-    /// Attempts retried in process after a transient failure.
+    /// Attempts scheduled again after a transient failure, in process or as a retry copy.
     pub retries: AtomicU64,
+    /// Messages given up because their attempts ran out.
+    pub exhausted: AtomicU64,
+    /// Dedup store calls that failed.
+    pub store_failures: AtomicU64,
+    /// Dead letters, retry copies and answers the broker did not confirm.
+    pub publish_failures: AtomicU64,
     /// Payloads that did not decode.
     pub decode_failures: AtomicU64,
     /// Messages sent to their dead-letter destination.
@@ -73,6 +101,9 @@ impl Default for SubscriptionStats {
             transient_failures: AtomicU64::default(),
             permanent_failures: AtomicU64::default(),
             retries: AtomicU64::default(),
+            exhausted: AtomicU64::default(),
+            store_failures: AtomicU64::default(),
+            publish_failures: AtomicU64::default(),
             decode_failures: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
             duplicates: AtomicU64::default(),
@@ -98,6 +129,9 @@ impl SubscriptionStats {
             transient_failures: get(&self.transient_failures),
             permanent_failures: get(&self.permanent_failures),
             retries: get(&self.retries),
+            exhausted: get(&self.exhausted),
+            store_failures: get(&self.store_failures),
+            publish_failures: get(&self.publish_failures),
             decode_failures: get(&self.decode_failures),
             dead_lettered: get(&self.dead_lettered),
             duplicates: get(&self.duplicates),
@@ -161,6 +195,12 @@ pub struct StatsSnapshot {
     pub permanent_failures: u64,
     /// See [`SubscriptionStats::retries`].
     pub retries: u64,
+    /// See [`SubscriptionStats::exhausted`].
+    pub exhausted: u64,
+    /// See [`SubscriptionStats::store_failures`].
+    pub store_failures: u64,
+    /// See [`SubscriptionStats::publish_failures`].
+    pub publish_failures: u64,
     /// See [`SubscriptionStats::decode_failures`].
     pub decode_failures: u64,
     /// See [`SubscriptionStats::dead_lettered`].

@@ -15,7 +15,8 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::backend::{Backend, PublishError};
-use crate::codec::{Codec, DecodeError, Json};
+use crate::codec::{Codec, DecodeError, Json, Raw};
+use crate::handler::Reply;
 use crate::message::{header, Headers, Message, MessageId, Origin};
 
 /// Why a request got no answer.
@@ -49,6 +50,14 @@ pub enum RequestError {
         /// The decoder's error.
         source: DecodeError,
     },
+    /// The request was a duplicate: a deduplicating subscription had handled a request with
+    /// its dedup key before (a retry of a request whose answer was lost, say). Its effect stands;
+    /// its answer was not kept, so it cannot be given again.
+    #[error("the request on `{topic}` was handled before (a duplicate, refused by the subscription's dedup); its answer was not kept")]
+    Duplicate {
+        /// Where the request went.
+        topic: String,
+    },
     /// The app shut down while waiting.
     #[error("the app shut down before the answer to the request on `{topic}` came")]
     Closed {
@@ -79,6 +88,24 @@ impl Replies {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Registers a request waiting for the answer with `correlation`; dropping the returned
+    /// guard forgets it.
+    fn wait(self: &Arc<Self>, correlation: String) -> Waiting {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(correlation.clone(), tx);
+        Waiting {
+            replies: Arc::clone(self),
+            correlation,
+            rx,
+        }
+    }
+
+    /// How many requests wait for an answer.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Hands an answer to whoever waits for it; an answer nobody waits for (it timed out) is
     /// dropped.
     pub(crate) fn resolve(&self, answer: Arc<Message>) {
@@ -92,6 +119,27 @@ impl Replies {
         if let Some(waiter) = self.lock().remove(id) {
             let _ = waiter.send(answer);
         }
+    }
+}
+
+/// A request waiting for its answer: removes its slot when dropped, however the wait ended
+/// (answered, timed out, or the caller's future dropped).
+struct Waiting {
+    replies: Arc<Replies>,
+    correlation: String,
+    rx: oneshot::Receiver<Arc<Message>>,
+}
+
+impl Waiting {
+    /// The answer, or `None` when the app shut down first.
+    async fn answer(mut self) -> Option<Arc<Message>> {
+        (&mut self.rx).await.ok()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.replies.lock().remove(&self.correlation);
     }
 }
 
@@ -114,7 +162,7 @@ impl Publisher {
         topic: &str,
         event: &T,
     ) -> Result<Origin, PublishError> {
-        self.send(Message::new(topic, Json::encode(event)?)).await
+        self.send(encoded::<Json, T>(topic, event)?).await
     }
 
     /// Publishes `event` as JSON to `topic` with `key`, which picks the partition: events with
@@ -125,7 +173,7 @@ impl Publisher {
         key: impl Into<Bytes>,
         event: &T,
     ) -> Result<Origin, PublishError> {
-        self.send(Message::new(topic, Json::encode(event)?).with_key(key))
+        self.send(encoded::<Json, T>(topic, event)?.with_key(key))
             .await
     }
 
@@ -136,7 +184,13 @@ impl Publisher {
     }
 
     /// Sends `request` as JSON to `topic` and waits up to `timeout` for the answer of the handler
-    /// that consumes it.
+    /// that consumes it. The answer is decoded with the codec named by its
+    /// [`content-type`](header::CONTENT_TYPE): JSON, or the raw bytes (`Resp` then accepts a
+    /// byte string, as [`Raw`] decodes). Use [`request_with`](Self::request_with) for a
+    /// codec of your own.
+    ///
+    /// Dropping the returned future (a `select!`, a `timeout`) forgets the request: an answer
+    /// that comes later is dropped.
     pub async fn request<Req, Resp>(
         &self,
         topic: &str,
@@ -147,55 +201,70 @@ impl Publisher {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let payload = Json::encode(request).map_err(PublishError::from)?;
+        self.request_with::<Json, Req, Resp>(topic, request, timeout)
+            .await
+    }
+
+    /// [`request`](Self::request) with codec `C`: the request is encoded with `C`, and the
+    /// answer is decoded with `C` when its content type is `C`'s (or it has none), with JSON or
+    /// raw bytes when it says so, and is a [`RequestError::Decode`] naming the content type
+    /// otherwise.
+    pub async fn request_with<C, Req, Resp>(
+        &self,
+        topic: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RequestError>
+    where
+        C: Codec,
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let mut message = encoded::<C, Req>(topic, request)?;
         let correlation = MessageId::new().to_string();
-        let mut headers = Headers::new();
+        let headers = message.headers_mut();
         headers.append(header::REPLY_TO, self.replies.topic().to_owned());
         headers.append(header::CORRELATION_ID, correlation.clone());
-        let (tx, rx) = oneshot::channel();
-        self.replies.lock().insert(correlation.clone(), tx);
-        let forget = || {
-            self.replies.lock().remove(&correlation);
-        };
-        if let Err(e) = self
-            .send(Message::new(topic, payload).with_headers(headers))
-            .await
-        {
-            forget();
-            return Err(e.into());
-        }
-        let answer = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => {
+        let waiting = self.replies.wait(correlation);
+        self.send(message).await?;
+        let answer = match tokio::time::timeout(timeout, waiting.answer()).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => {
                 return Err(RequestError::Closed {
                     topic: topic.to_owned(),
                 })
             }
             Err(_) => {
-                forget();
                 return Err(RequestError::Timeout {
                     topic: topic.to_owned(),
                     timeout,
-                });
+                })
             }
         };
-        if let Some(error) = answer.headers().get(header::ERROR) {
+        let headers = answer.headers();
+        if headers.get_str(header::DUPLICATE) == Some("true") {
+            return Err(RequestError::Duplicate {
+                topic: topic.to_owned(),
+            });
+        }
+        if let Some(error) = headers.get(header::ERROR) {
             return Err(RequestError::Remote {
                 topic: topic.to_owned(),
                 error: String::from_utf8_lossy(error).into_owned(),
             });
         }
-        Json::decode(answer.payload()).map_err(|source| RequestError::Decode {
+        decode_answer::<C, Resp>(&answer).map_err(|source| RequestError::Decode {
             topic: topic.to_owned(),
             source,
         })
     }
 
-    /// Sends the answer to a request, or the error its handler failed with.
+    /// Sends the answer to a request: its handler's value, the error it failed with, or word
+    /// that it was handled before.
     pub(crate) async fn answer(
         &self,
         request: &Message,
-        answer: Result<Bytes, String>,
+        answer: Answer,
     ) -> Result<(), PublishError> {
         let (Some(to), Some(id)) = (
             request.headers().get_str(header::REPLY_TO),
@@ -206,9 +275,20 @@ impl Publisher {
         let mut headers = Headers::new();
         headers.append(header::CORRELATION_ID, id.clone());
         let payload = match answer {
-            Ok(payload) => payload,
-            Err(error) => {
+            Answer::Value(reply) => {
+                headers.append(header::CONTENT_TYPE, reply.content_type);
+                reply.payload
+            }
+            Answer::Failed(error) => {
                 headers.append(header::ERROR, error);
+                Bytes::new()
+            }
+            Answer::Duplicate => {
+                headers.append(header::DUPLICATE, "true");
+                headers.append(
+                    header::ERROR,
+                    "the request was handled before (a duplicate); its answer was not kept",
+                );
                 Bytes::new()
             }
         };
@@ -218,10 +298,122 @@ impl Publisher {
     }
 }
 
+/// What a handled request is answered with.
+pub(crate) enum Answer {
+    /// The handler's encoded value.
+    Value(Reply),
+    /// The handler's error message.
+    Failed(String),
+    /// The request was a duplicate of one handled before, whose answer was not kept.
+    Duplicate,
+}
+
+/// `value` encoded with `C` as a message to `topic`, with `C`'s content type.
+fn encoded<C: Codec, T: Serialize + ?Sized>(
+    topic: &str,
+    value: &T,
+) -> Result<Message, PublishError> {
+    let mut headers = Headers::new();
+    headers.append(header::CONTENT_TYPE, C::CONTENT_TYPE);
+    Ok(Message::new(topic, C::encode(value)?).with_headers(headers))
+}
+
+/// Decodes an answer with the codec its content type names (`C` when it names none). Only the
+/// media type counts, in any case: `application/json; charset=utf-8` is JSON.
+fn decode_answer<C: Codec, T: DeserializeOwned>(answer: &Message) -> Result<T, DecodeError> {
+    let media = answer
+        .headers()
+        .get_str(header::CONTENT_TYPE)
+        .map(|t| t.split(';').next().unwrap_or(t).trim());
+    let is = |codec: &str| media.is_some_and(|m| m.eq_ignore_ascii_case(codec));
+    match media {
+        None => C::decode(answer.payload()),
+        Some(_) if is(C::CONTENT_TYPE) => C::decode(answer.payload()),
+        Some(_) if is(Json::CONTENT_TYPE) => Json::decode(answer.payload()),
+        Some(_) if is(Raw::CONTENT_TYPE) => Raw::decode(answer.payload()),
+        Some(other) => Err(DecodeError {
+            codec: C::NAME,
+            target: std::any::type_name::<T>(),
+            reason: format!(
+                "the answer's content type is `{other}`, which is not {}'s `{}`: use `request_with` with its codec",
+                C::NAME,
+                C::CONTENT_TYPE
+            ),
+        }),
+    }
+}
+
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("backend", &self.backend.name())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::decode_answer;
+    use crate::codec::Json;
+    use crate::message::{header, Headers, Message};
+    use crate::App;
+
+    fn answer(content_type: &str, payload: &'static str) -> Message {
+        let mut headers = Headers::new();
+        headers.append(header::CONTENT_TYPE, content_type.to_owned());
+        Message::new("replies", payload).with_headers(headers)
+    }
+
+    #[test]
+    fn an_answer_is_decoded_by_its_media_type() {
+        let json: u32 = decode_answer::<Json, _>(&answer("Application/JSON; charset=utf-8", "7"))
+            .expect("json, whatever its parameters");
+        assert_eq!(json, 7);
+        let raw: String = decode_answer::<Json, _>(&answer("application/octet-stream", "7 apples"))
+            .expect("raw bytes");
+        assert_eq!(raw, "7 apples");
+        let err = decode_answer::<Json, u32>(&answer("application/x-protobuf", "\x08\x07"))
+            .expect_err("a codec it does not know");
+        assert!(err.reason.contains("application/x-protobuf"), "{err}");
+    }
+
+    /// A request whose caller stops waiting (here: an outer timeout drops the future) leaves no
+    /// slot behind in the app's table of waiting requests.
+    #[tokio::test]
+    async fn a_dropped_request_leaves_no_slot_behind() {
+        let app = App::builder().connect("memory://").await.expect("memory");
+        let publisher = app.publisher();
+        for _ in 0..3 {
+            let asked = publisher.request::<_, u32>("nobody-answers", &1, Duration::from_secs(60));
+            assert!(
+                tokio::time::timeout(Duration::from_millis(20), asked)
+                    .await
+                    .is_err(),
+                "nobody answers"
+            );
+        }
+        tokio::select! {
+            _ = publisher.request::<_, u32>("nobody-answers", &1, Duration::from_secs(60)) => {
+                panic!("nobody answers")
+            }
+            () = tokio::task::yield_now() => {}
+        }
+        assert_eq!(
+            publisher.replies.waiting(),
+            0,
+            "a dropped request kept its slot"
+        );
+        let timed_out = publisher
+            .request::<_, u32>("nobody-answers", &1, Duration::from_millis(10))
+            .await;
+        assert!(timed_out.is_err());
+        assert_eq!(
+            publisher.replies.waiting(),
+            0,
+            "a timed-out request kept its slot"
+        );
+        app.shutdown().await.expect("shutdown");
     }
 }

@@ -185,3 +185,70 @@ async fn invalid_options_are_refused() {
         "{err}"
     );
 }
+
+/// Two subscriptions of one app that consume one topic in one group would split its messages
+/// between them; the app refuses to start, naming both.
+#[tokio::test]
+async fn two_subscriptions_sharing_a_group_and_topic_are_refused_naming_both() {
+    let err = refusal(
+        App::builder()
+            .subscribe(
+                Subscription::builder(["orders"])
+                    .name("audit")
+                    .group("billing")
+                    .handler(ok),
+            )
+            .subscribe(
+                Subscription::builder(["orders"])
+                    .name("charge")
+                    .group("billing")
+                    .handler(ok),
+            )
+            .connect("memory://shared-group")
+            .await,
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("`audit`") && text.contains("`charge`") && text.contains("split"),
+        "{text}"
+    );
+}
+
+/// While `run` owns the app, a handle taken before reads its stats and health from another
+/// task, publishes, and shuts it down.
+#[tokio::test]
+async fn a_handle_reads_stats_and_health_and_stops_a_running_app() {
+    let app = App::builder()
+        .subscribe(Subscription::builder(["pings"]).group("pinger").handler(ok))
+        .connect("memory://handle")
+        .await
+        .expect("start");
+    let handle = app.handle();
+    let running = tokio::spawn(app.run());
+    handle
+        .publisher()
+        .publish("pings", "hello")
+        .await
+        .expect("publish");
+    let handled = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if handle.stats()[0].stats.handled == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        handled.is_ok(),
+        "the ping was not handled: {:?}",
+        handle.stats()
+    );
+    assert!(handle.health()[0].consuming, "{:?}", handle.health());
+    handle.shutdown();
+    running
+        .await
+        .expect("the run task")
+        .expect("a clean shutdown");
+    assert!(!handle.health()[0].consuming, "{:?}", handle.health());
+}

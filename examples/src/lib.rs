@@ -147,50 +147,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod testing {
-    use anybus::backend::memory::MemoryBroker;
-    use anybus::{App, Codec, Json, Publisher};
-    use serde::de::DeserializeOwned;
-
-    /// An app without subscriptions on its own memory broker: a real [`Publisher`] for calling
-    /// handlers directly, and a look at what they published.
-    pub(crate) struct Bus {
-        name: String,
-        app: App,
-    }
-
-    impl Bus {
-        pub(crate) async fn start(name: &str) -> Self {
-            let app = App::builder()
-                .connect(&format!("memory://{name}"))
-                .await
-                .expect("the memory broker starts");
-            Self {
-                name: name.to_owned(),
-                app,
-            }
-        }
-
-        pub(crate) fn publisher(&self) -> Publisher {
-            self.app.publisher()
-        }
-
-        /// Every event published to `topic`, decoded.
-        pub(crate) fn events<T: DeserializeOwned>(&self, topic: &str) -> Vec<T> {
-            MemoryBroker::named(&self.name)
-                .messages(topic)
-                .iter()
-                .map(|m| Json::decode(m.payload()).expect("the event decodes"))
-                .collect()
-        }
-
-        pub(crate) async fn stop(self) {
-            self.app.shutdown().await.expect("the app shuts down");
-        }
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use std::collections::HashSet;
 

@@ -389,7 +389,7 @@ async fn a_store_failing_mid_run_delays_but_neither_skips_nor_repeats() {
     // Wait until the outage is seen, then end it.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     wait_stats(&app, "no delivery met the outage", deadline, |s| {
-        s.transient_failures >= 3
+        s.store_failures >= 3
     })
     .await;
     assert!(

@@ -2,7 +2,9 @@
 //! consumer group finished, so that a redelivery of one is acknowledged without calling the
 //! handler again.
 //!
-//! The pipeline of a subscription with `dedup` runs **reserve → handler → complete → ack**:
+//! The pipeline of a subscription with `dedup` runs **reserve → handler → complete → ack**
+//! (the code that drives it is `anybus/src/pipeline/dedup.rs`, beside the pipeline's other
+//! steps; this module holds the stores):
 //!
 //! - [`Reservation::Fresh`]: this delivery holds a lease on the key; the handler runs. On
 //!   success the key is completed (remembered for the store's TTL) and then the message acked;
@@ -15,8 +17,8 @@
 //!   handler. The lease is renewed while the handler runs ([`DedupStore::extend`]); a member
 //!   that crashed after reserving lets its lease expire, and the next delivery takes over.
 //!
-//! A store that fails before the handler makes the delivery a transient failure: it comes
-//! again, and is never skipped. A completion that fails is tried again, with backoff, until the
+//! A store that fails before the handler is counted (`store_failures`) and the delivery comes
+//! again, after a backoff; it is never skipped. A completion that fails is tried again, with backoff, until the
 //! store takes it (the message is not acked meanwhile; if the partition moves to another
 //! member, the completion goes on in the background), so a store outage delays work but does
 //! not repeat it. What is left is a crash between the handler's effect and the completion, or

@@ -8,17 +8,23 @@
 //!
 //! When a lane's channel is full, the dispatch loop does not wait for it, which would stop every
 //! other partition too: it keeps the delivery, and whatever else comes for that partition, in
-//! the lane's overflow, in order, and once the overflow holds [`OVERFLOW_BEFORE_PAUSE`] it
-//! pauses the partition at the backend ([`Consumer::pause`]). The lane tells the loop once half its channel is free while the
-//! overflow waits; the loop moves the overflow in, and resumes the partition once the overflow
-//! is empty. The overflow holds at most what the backend had fetched before the pause
-//! took effect.
+//! the lane's overflow, in order. The lane tells the loop once half its channel is free while
+//! the overflow waits, and the loop moves the overflow in.
+//!
+//! Once an overflow holds [`OVERFLOW_BEFORE_PAUSE`], the loop stops polling: a lane that is
+//! merely busy (a fast handler behind a faster fetch) makes room within moments, and polling
+//! goes on, with nothing fetched again. A lane that makes no room for [`HOLD_BEFORE_PAUSE`] is
+//! slow: the loop pauses its partition at the backend ([`Consumer::pause`]) and polls again for
+//! the others, and resumes the partition once its overflow is empty. The overflow holds at most
+//! what the backend had fetched before the pause took effect.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::backend::{Consumer, Delivery};
 use crate::observe::SubscriptionStats;
@@ -32,6 +38,12 @@ pub(super) const LANE_CAPACITY: usize = 128;
 /// partition then holds at most this, the lane, and what was on its way.
 pub(super) const OVERFLOW_BEFORE_PAUSE: usize = 4 * LANE_CAPACITY;
 
+/// How long the loop stops polling for a lane whose overflow is full before it pauses the
+/// lane's partition and polls again for the others: long enough for a busy lane to make room
+/// (a fast handler takes half a lane in well under a millisecond), short enough that a slow
+/// partition holds the others back only this long.
+pub(super) const HOLD_BEFORE_PAUSE: Duration = Duration::from_millis(50);
+
 /// The dispatch loop's side of one lane.
 struct LaneTx {
     slot: u32,
@@ -40,7 +52,10 @@ struct LaneTx {
     overflow: VecDeque<Delivery>,
     /// Set while the overflow waits: the lane reports on `room` when it takes a delivery.
     wants_room: Arc<AtomicBool>,
-    /// Whether the loop paused the partition ([`OVERFLOW_BEFORE_PAUSE`]).
+    /// Since when the overflow is full and the loop does not poll for it, while the partition
+    /// is not paused.
+    full_since: Option<Instant>,
+    /// Whether the loop paused the partition ([`HOLD_BEFORE_PAUSE`]).
     paused: bool,
 }
 
@@ -92,12 +107,11 @@ impl Lanes {
 
     /// Hands `delivery` to its slot's lane, starting one with `start` (given the lane's
     /// receiving end and its room signal) for a slot seen for the first time. A full lane keeps
-    /// the delivery in its overflow and pauses the slot; a lane with an overflow keeps every
-    /// later delivery there too, so the partition's order holds.
+    /// the delivery in its overflow; a lane with an overflow keeps every later delivery there
+    /// too, so the partition's order holds.
     pub(super) fn route(
         &mut self,
         delivery: Delivery,
-        consumer: &mut dyn Consumer,
         start: impl FnOnce(mpsc::Receiver<Delivery>, Room),
     ) -> Result<(), LaneGone> {
         let slot = delivery.receipt.slot;
@@ -119,6 +133,7 @@ impl Lanes {
                     tx,
                     overflow: VecDeque::new(),
                     wants_room,
+                    full_since: None,
                     paused: false,
                 });
                 self.lanes.len() - 1
@@ -127,10 +142,11 @@ impl Lanes {
         let lane = &mut self.lanes[i];
         if !lane.overflow.is_empty() {
             lane.overflow.push_back(delivery);
-            if lane.overflow.len() == OVERFLOW_BEFORE_PAUSE && !lane.paused {
-                lane.paused = true;
-                consumer.pause(slot);
-                SubscriptionStats::count(&self.stats.lane_pauses);
+            if lane.overflow.len() >= OVERFLOW_BEFORE_PAUSE
+                && !lane.paused
+                && lane.full_since.is_none()
+            {
+                lane.full_since = Some(Instant::now());
             }
             return Ok(());
         }
@@ -141,6 +157,33 @@ impl Lanes {
                 lane.overflow.push_back(delivery);
                 lane.wants_room.store(true, AtomicOrdering::Release);
                 Ok(())
+            }
+        }
+    }
+
+    /// Until when the loop holds off polling for a full overflow (see the module docs); `None`
+    /// when no overflow is full, or each full one's partition is paused.
+    pub(super) fn hold(&self) -> Option<Instant> {
+        self.lanes
+            .iter()
+            .filter_map(|lane| lane.full_since)
+            .min()
+            .map(|since| since + HOLD_BEFORE_PAUSE)
+    }
+
+    /// Pauses the partition of each lane whose overflow has been full for
+    /// [`HOLD_BEFORE_PAUSE`]: it is slow, and the others must not wait for it.
+    pub(super) fn pause_slow(&mut self, consumer: &mut dyn Consumer) {
+        let now = Instant::now();
+        for lane in &mut self.lanes {
+            if lane
+                .full_since
+                .is_some_and(|since| now >= since + HOLD_BEFORE_PAUSE)
+            {
+                lane.full_since = None;
+                lane.paused = true;
+                consumer.pause(lane.slot);
+                SubscriptionStats::count(&self.stats.lane_pauses);
             }
         }
     }
@@ -167,10 +210,15 @@ impl Lanes {
                 Err(mpsc::error::TrySendError::Full(delivery)) => {
                     lane.overflow.push_front(delivery);
                     lane.wants_room.store(true, AtomicOrdering::Release);
+                    if lane.overflow.len() < OVERFLOW_BEFORE_PAUSE {
+                        // It made room: polling goes on.
+                        lane.full_since = None;
+                    }
                     return Ok(());
                 }
             }
         }
+        lane.full_since = None;
         if std::mem::take(&mut lane.paused) {
             consumer.resume(slot);
         }

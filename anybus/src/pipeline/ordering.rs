@@ -190,6 +190,9 @@ impl Dispatch {
                 }
                 None => (true, true),
             };
+            // A full lane overflow holds off polling for a moment, then has its partition paused.
+            let hold = lanes.hold();
+            let room = room && hold.is_none();
             let mut from_delay = false;
             // Every consumer's poll is cancel-safe: losing the race to another branch loses no
             // delivery.
@@ -215,6 +218,10 @@ impl Dispatch {
                     }
                     continue;
                 }
+                () = tokio::time::sleep_until(hold.unwrap_or_else(tokio::time::Instant::now)), if hold.is_some() => {
+                    lanes.pause_slow(&mut *consumer);
+                    continue;
+                }
                 Some(delivery) = due_rx.recv(), if due_room => {
                     batch.push(delivery);
                     from_delay = true;
@@ -229,7 +236,7 @@ impl Dispatch {
             for delivery in batch.drain(..) {
                 let routed = if self.ordering == Ordering::Partition {
                     lanes
-                        .route(delivery, &mut *consumer, |rx, room| {
+                        .route(delivery, |rx, room| {
                             let lane = Lane::of_partition(
                                 Arc::clone(&self.worker),
                                 rx,
@@ -241,7 +248,7 @@ impl Dispatch {
                         .is_ok()
                 } else if delays && !from_delay && retry_slots.is_retry(&delivery, &self.worker) {
                     lanes
-                        .route(delivery, &mut *consumer, |rx, room| {
+                        .route(delivery, |rx, room| {
                             tasks.spawn(delay_lane(
                                 Arc::clone(&self.worker),
                                 rx,
@@ -348,7 +355,7 @@ fn lane_ended(ended: Result<(), tokio::task::JoinError>) -> BackendError {
         Err(join) if join.is_panic() => {
             format!(
                 "a lane panicked: {}",
-                super::panic_message(&*join.into_panic())
+                super::panics::panic_message(&*join.into_panic())
             )
         }
         Err(join) => format!("a lane failed: {join}"),

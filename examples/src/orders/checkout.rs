@@ -120,10 +120,10 @@ pub async fn place_order(
 
 #[cfg(test)]
 mod tests {
+    use anybus::testing::Recorder;
     use anybus::FailureKind;
 
     use super::*;
-    use crate::testing::Bus;
 
     fn two_books(request_id: &str) -> PlaceOrder {
         PlaceOrder {
@@ -137,14 +137,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_order_is_priced_answered_and_announced_once_per_request() {
-        let bus = Bus::start("examples-checkout-place").await;
+        let recorder = Recorder::new();
         let book = State(Arc::new(OrderBook::default()));
         let story = State(Arc::new(Story::default()));
         let first = place_order(
             two_books("r-1"),
             book.clone(),
             story.clone(),
-            bus.publisher(),
+            recorder.publisher(),
         )
         .await
         .unwrap();
@@ -152,7 +152,7 @@ mod tests {
             two_books("r-1"),
             book.clone(),
             story.clone(),
-            bus.publisher(),
+            recorder.publisher(),
         )
         .await
         .unwrap();
@@ -160,7 +160,7 @@ mod tests {
             two_books("r-2"),
             book.clone(),
             story.clone(),
-            bus.publisher(),
+            recorder.publisher(),
         )
         .await
         .unwrap();
@@ -171,15 +171,14 @@ mod tests {
         assert_eq!(book.count(), 2);
         assert_eq!(story.steps("o-1"), [Step::Placed]);
         // The repeat announced o-1 again; the consumers skip it by order id.
-        let created: Vec<OrderCreated> = bus.events(topics::ORDER_CREATED);
+        let created: Vec<OrderCreated> = recorder.events(topics::ORDER_CREATED).unwrap();
         assert_eq!(created.len(), 3);
         assert!(created.iter().all(|e| e.order.amount_cents == 2500));
-        bus.stop().await;
     }
 
     #[tokio::test]
     async fn unknown_products_and_empty_orders_are_refused_for_good() {
-        let bus = Bus::start("examples-checkout-refused").await;
+        let recorder = Recorder::new();
         let book = State(Arc::new(OrderBook::default()));
         let story = State(Arc::new(Story::default()));
         let unknown = PlaceOrder {
@@ -191,13 +190,15 @@ mod tests {
             ..two_books("r-2")
         };
         for request in [unknown, empty] {
-            let error = place_order(request, book.clone(), story.clone(), bus.publisher())
+            let error = place_order(request, book.clone(), story.clone(), recorder.publisher())
                 .await
                 .unwrap_err();
             assert_eq!(error.kind(), FailureKind::Permanent);
         }
         assert_eq!(book.count(), 0);
-        assert!(bus.events::<OrderCreated>(topics::ORDER_CREATED).is_empty());
-        bus.stop().await;
+        assert!(recorder
+            .events::<OrderCreated>(topics::ORDER_CREATED)
+            .unwrap()
+            .is_empty());
     }
 }

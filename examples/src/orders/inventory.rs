@@ -197,9 +197,10 @@ pub async fn release_stock(
 
 #[cfg(test)]
 mod tests {
+    use anybus::testing::Recorder;
+
     use super::*;
     use crate::events::Order;
-    use crate::testing::Bus;
 
     fn order(id: &str, sku: &str, quantity: u32) -> Order {
         Order {
@@ -214,70 +215,89 @@ mod tests {
 
     #[tokio::test]
     async fn reserving_twice_takes_the_stock_once() {
-        let bus = Bus::start("examples-inventory-reserve").await;
+        let recorder = Recorder::new();
         let inventory = State(Arc::new(Inventory::with_stock([("book", 5)])));
         let story = State(Arc::new(Story::default()));
         for _ in 0..2 {
             let event = OrderCreated {
                 order: order("o-1", "book", 2),
             };
-            reserve_stock(event, inventory.clone(), story.clone(), bus.publisher())
-                .await
-                .unwrap();
+            reserve_stock(
+                event,
+                inventory.clone(),
+                story.clone(),
+                recorder.publisher(),
+            )
+            .await
+            .unwrap();
         }
         assert_eq!(inventory.available("book"), 3);
         assert_eq!(story.steps("o-1"), [Step::StockReserved]);
-        let reserved: Vec<StockReserved> = bus.events(topics::STOCK_RESERVED);
+        let reserved: Vec<StockReserved> = recorder.events(topics::STOCK_RESERVED).unwrap();
         assert_eq!(reserved.len(), 2, "the decision is published again");
-        bus.stop().await;
     }
 
     #[tokio::test]
     async fn too_few_items_end_the_order() {
-        let bus = Bus::start("examples-inventory-short").await;
+        let recorder = Recorder::new();
         let inventory = State(Arc::new(Inventory::with_stock([("lamp", 1)])));
         let story = State(Arc::new(Story::default()));
         let event = OrderCreated {
             order: order("o-1", "lamp", 2),
         };
-        reserve_stock(event, inventory.clone(), story.clone(), bus.publisher())
-            .await
-            .unwrap();
+        reserve_stock(
+            event,
+            inventory.clone(),
+            story.clone(),
+            recorder.publisher(),
+        )
+        .await
+        .unwrap();
         assert_eq!(inventory.available("lamp"), 1);
         assert_eq!(
             inventory.reservation("o-1"),
             Some(Reservation::Refused { available: 1 })
         );
         assert_eq!(story.steps("o-1"), [Step::OutOfStock]);
-        let short: Vec<OutOfStock> = bus.events(topics::OUT_OF_STOCK);
+        let short: Vec<OutOfStock> = recorder.events(topics::OUT_OF_STOCK).unwrap();
         assert_eq!(short.len(), 1);
         assert_eq!((short[0].requested, short[0].available), (2, 1));
-        assert!(bus
+        assert!(recorder
             .events::<StockReserved>(topics::STOCK_RESERVED)
+            .unwrap()
             .is_empty());
-        bus.stop().await;
     }
 
     #[tokio::test]
     async fn a_declined_payment_gives_the_stock_back_once() {
-        let bus = Bus::start("examples-inventory-release").await;
+        let recorder = Recorder::new();
         let inventory = State(Arc::new(Inventory::with_stock([("mug", 4)])));
         let story = State(Arc::new(Story::default()));
         let created = OrderCreated {
             order: order("o-1", "mug", 3),
         };
-        reserve_stock(created, inventory.clone(), story.clone(), bus.publisher())
-            .await
-            .unwrap();
+        reserve_stock(
+            created,
+            inventory.clone(),
+            story.clone(),
+            recorder.publisher(),
+        )
+        .await
+        .unwrap();
         assert_eq!(inventory.available("mug"), 1);
         for _ in 0..2 {
             let failed = PaymentFailed {
                 order: order("o-1", "mug", 3),
                 reason: "card declined".into(),
             };
-            release_stock(failed, inventory.clone(), story.clone(), bus.publisher())
-                .await
-                .unwrap();
+            release_stock(
+                failed,
+                inventory.clone(),
+                story.clone(),
+                recorder.publisher(),
+            )
+            .await
+            .unwrap();
         }
         assert_eq!(inventory.available("mug"), 4);
         assert_eq!(inventory.reservation("o-1"), Some(Reservation::Released));
@@ -289,16 +309,15 @@ mod tests {
         let late = OrderCreated {
             order: order("o-1", "mug", 3),
         };
-        reserve_stock(late, inventory.clone(), story.clone(), bus.publisher())
+        reserve_stock(late, inventory.clone(), story.clone(), recorder.publisher())
             .await
             .unwrap();
         assert_eq!(inventory.available("mug"), 4);
-        bus.stop().await;
     }
 
     #[tokio::test]
     async fn nothing_is_released_for_an_unknown_order() {
-        let bus = Bus::start("examples-inventory-unknown").await;
+        let recorder = Recorder::new();
         let inventory = State(Arc::new(Inventory::with_stock([("mug", 4)])));
         let failed = PaymentFailed {
             order: order("o-9", "mug", 3),
@@ -308,14 +327,14 @@ mod tests {
             failed,
             inventory.clone(),
             State(Arc::new(Story::default())),
-            bus.publisher(),
+            recorder.publisher(),
         )
         .await
         .unwrap();
         assert_eq!(inventory.available("mug"), 4);
-        assert!(bus
+        assert!(recorder
             .events::<StockReleased>(topics::STOCK_RELEASED)
+            .unwrap()
             .is_empty());
-        bus.stop().await;
     }
 }

@@ -104,9 +104,10 @@ pub async fn take_payment(
 
 #[cfg(test)]
 mod tests {
+    use anybus::testing::Recorder;
+
     use super::*;
     use crate::events::Order;
-    use crate::testing::Bus;
 
     fn reserved(card: &str, amount_cents: u64) -> StockReserved {
         StockReserved {
@@ -138,7 +139,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_good_card_is_charged_once() {
-        let bus = Bus::start("examples-payment-taken").await;
+        let recorder = Recorder::new();
         let payments = State(Arc::new(Payments::default()));
         let story = State(Arc::new(Story::default()));
         for _ in 0..2 {
@@ -146,40 +147,42 @@ mod tests {
                 reserved("4242424242424242", 3999),
                 payments.clone(),
                 story.clone(),
-                bus.publisher(),
+                recorder.publisher(),
             )
             .await
             .unwrap();
         }
         assert_eq!(payments.charge_of("o-1"), Some(Ok("pay-o-1".into())));
         assert_eq!(story.line("o-1"), "payment taken");
-        let taken: Vec<PaymentTaken> = bus.events(topics::PAYMENT_TAKEN);
+        let taken: Vec<PaymentTaken> = recorder.events(topics::PAYMENT_TAKEN).unwrap();
         assert!(taken.iter().all(|t| t.payment_id == "pay-o-1"));
-        assert!(bus
+        assert!(recorder
             .events::<PaymentFailed>(topics::PAYMENT_FAILED)
+            .unwrap()
             .is_empty());
-        bus.stop().await;
     }
 
     #[tokio::test]
     async fn a_declined_card_fails_the_payment() {
-        let bus = Bus::start("examples-payment-declined").await;
+        let recorder = Recorder::new();
         let payments = State(Arc::new(Payments::default()));
         let story = State(Arc::new(Story::default()));
         take_payment(
             reserved(DECLINED_CARD, 2500),
             payments.clone(),
             story.clone(),
-            bus.publisher(),
+            recorder.publisher(),
         )
         .await
         .unwrap();
         assert_eq!(payments.charge_of("o-1"), Some(Err(Decline::CardDeclined)));
         assert_eq!(story.line("o-1"), "payment declined (card declined)");
-        let failed: Vec<PaymentFailed> = bus.events(topics::PAYMENT_FAILED);
+        let failed: Vec<PaymentFailed> = recorder.events(topics::PAYMENT_FAILED).unwrap();
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].reason, "card declined");
-        assert!(bus.events::<PaymentTaken>(topics::PAYMENT_TAKEN).is_empty());
-        bus.stop().await;
+        assert!(recorder
+            .events::<PaymentTaken>(topics::PAYMENT_TAKEN)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -64,13 +64,14 @@ pub async fn arrange_shipping(
 
 #[cfg(test)]
 mod tests {
+    use anybus::testing::Recorder;
+
     use super::*;
     use crate::events::Order;
-    use crate::testing::Bus;
 
     #[tokio::test]
     async fn a_paid_order_ships_once() {
-        let bus = Bus::start("examples-shipping").await;
+        let recorder = Recorder::new();
         let shipments = State(Arc::new(Shipments::default()));
         let story = State(Arc::new(Story::default()));
         let paid = PaymentTaken {
@@ -89,7 +90,7 @@ mod tests {
                 paid.clone(),
                 shipments.clone(),
                 story.clone(),
-                bus.publisher(),
+                recorder.publisher(),
             )
             .await
             .unwrap();
@@ -97,8 +98,7 @@ mod tests {
         assert_eq!(shipments.shipped(), ["o-3"]);
         assert_eq!(shipments.tracking("o-3").as_deref(), Some("TRK-O-3"));
         assert_eq!(story.steps("o-3"), [Step::ShipmentArranged]);
-        let arranged: Vec<ShipmentArranged> = bus.events(topics::SHIPMENT_ARRANGED);
+        let arranged: Vec<ShipmentArranged> = recorder.events(topics::SHIPMENT_ARRANGED).unwrap();
         assert!(arranged.iter().all(|a| a.tracking == "TRK-O-3"));
-        bus.stop().await;
     }
 }

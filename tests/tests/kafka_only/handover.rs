@@ -19,7 +19,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 const PUBLISHERS: usize = 8;
 
 /// Measures the time from a second member joining to its first assignment while messages flow
-/// through the first member without pause (printed: the README's note on handovers quotes it).
+/// through the first member without pause (printed, for the notes that quote it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_under_steady_traffic_is_assigned_without_waiting_for_the_drain() {
     let env = Env::kafka();

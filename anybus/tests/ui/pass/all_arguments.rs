@@ -92,8 +92,9 @@ fn main() {
     let spec = sub.spec();
     assert_eq!(spec.topics, ["orders.created"]);
     assert_eq!(
-        spec.group, "keyed",
-        "the group defaults to the handler's name"
+        spec.group,
+        format!("{}.keyed", module_path!().replace("::", ".")),
+        "the group defaults to the handler's module path and name"
     );
     assert_eq!(spec.codec, "json");
     assert_eq!(spec.ordering, Ordering::Key);

@@ -63,7 +63,11 @@ fn main() {
     assert_eq!(spec.partitions, None);
     assert_eq!(spec.retry, None);
 
-    assert_eq!(count::subscription().spec().group, "count");
+    // The module path and the name: unique to this crate and module.
+    assert_eq!(
+        count::subscription().spec().group,
+        format!("{}.count", module_path!().replace("::", "."))
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

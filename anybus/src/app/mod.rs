@@ -23,6 +23,10 @@
 //! # }
 //! ```
 
+mod check;
+mod handle;
+
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,9 +37,12 @@ use crate::backend::{self, Backend, BackendError, ConsumerConfig, TopicSpec};
 use crate::context::StateMap;
 use crate::dedup::{self, DedupError};
 use crate::message::MessageId;
-use crate::observe::{StatsSnapshot, SubscriptionStats, TopicPartition};
+use crate::observe::{SubscriptionStats, TopicPartition};
+
+use self::handle::Watched;
+pub use self::handle::{AppHandle, SubscriptionHealth, SubscriptionReport};
 use crate::pipeline::ordering::Dispatch;
-use crate::pipeline::{dead_letter, redeliver, Dedup, InboxAvailability, Worker};
+use crate::pipeline::{dead_letter, redeliver, Dedup, Worker};
 use crate::publish::{Publisher, Replies};
 use crate::replay::replay_group;
 use crate::subscription::{DeadLetter, Ordering, RetryMode, Subscription, SubscriptionSpec};
@@ -48,16 +55,6 @@ pub enum StartError {
     /// The broker URL is bad or the broker cannot be reached.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// A subscription asks for something this build cannot do yet.
-    #[error("subscription `{subscription}`: option `{option}` is not supported yet: {reason}")]
-    Unsupported {
-        /// The subscription.
-        subscription: String,
-        /// The option.
-        option: &'static str,
-        /// Why, and what to do instead.
-        reason: &'static str,
-    },
     /// A subscription's options do not make sense.
     #[error("subscription `{subscription}`: {reason}")]
     Invalid {
@@ -98,7 +95,11 @@ pub struct AppBuilder {
     batch: usize,
     max_buffered: usize,
     dedup: DedupSettings,
+    /// Wraps the connected backend (`anybus::testing` watches publishes and settlements).
+    pub(crate) wrap_backend: Option<BackendWrapper>,
 }
+
+pub(crate) type BackendWrapper = Box<dyn FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend> + Send>;
 
 /// Where and how long subscriptions with `dedup` remember what they handled.
 struct DedupSettings {
@@ -172,12 +173,16 @@ impl AppBuilder {
 
     /// Connects to the broker `url` names, checks every subscription, declares topics, and
     /// starts consuming. Fails before consuming anything if a subscription cannot be honoured.
-    pub async fn connect(self, url: &str) -> Result<App, StartError> {
+    pub async fn connect(mut self, url: &str) -> Result<App, StartError> {
         let url = BrokerUrl::parse(url)?;
         for sub in &self.subscriptions {
-            check(sub, &self.state, &self.dedup.store)?;
+            check::subscription(sub, &self.state, &self.dedup.store)?;
         }
-        let backend = backend::connect(&url).await?;
+        check::distinct(&self.subscriptions)?;
+        let mut backend = backend::connect(&url).await?;
+        if let Some(wrap) = self.wrap_backend.take() {
+            backend = wrap(backend);
+        }
         let dedup_store = if self.subscriptions.iter().any(|s| s.spec().dedup.is_some()) {
             Some(dedup::connect(&self.dedup.store).await?)
         } else {
@@ -238,6 +243,7 @@ impl AppBuilder {
             .collect();
         let state = Arc::new(self.state);
         let mut running = Vec::new();
+        let mut watchers = Vec::new();
 
         let reply_stats = Arc::new(SubscriptionStats::default());
         let reply_consumer = backend
@@ -260,6 +266,7 @@ impl AppBuilder {
             receive_replies(reply_consumer, replies, stop_rx.clone()),
             stop_rx.clone(),
             ended_tx.clone(),
+            Arc::new(AtomicBool::new(false)),
         ));
 
         for sub in self.subscriptions {
@@ -313,19 +320,34 @@ impl AppBuilder {
                 drain_timeout: self.drain_timeout,
                 max_buffered: self.max_buffered,
             };
+            let finished = Arc::new(AtomicBool::new(false));
             let task = tokio::spawn(watched(
                 spec.name.clone(),
                 dispatch.run(consumer, stop_rx.clone()),
                 stop_rx.clone(),
                 ended_tx.clone(),
+                Arc::clone(&finished),
             ));
-            running.push(Running { spec, stats, task });
+            tracing::info!(subscription = %spec.name, group = %spec.group, topics = ?spec.topics, "subscribed");
+            running.push(Running {
+                name: spec.name.clone(),
+                task,
+            });
+            watchers.push(Watched {
+                name: spec.name,
+                group: spec.group,
+                stats,
+                finished,
+            });
         }
         tracing::info!(broker = %url, subscriptions = running.len(), "anybus app started");
         Ok(App {
             backend,
-            publisher,
-            stop: stop_tx,
+            handle: AppHandle {
+                subscriptions: watchers.into(),
+                publisher,
+                stop: stop_tx,
+            },
             running,
             reply_task,
             reply_topic,
@@ -342,8 +364,10 @@ async fn watched(
     task: impl std::future::Future<Output = Result<(), BackendError>>,
     stop: watch::Receiver<bool>,
     ended: mpsc::UnboundedSender<String>,
+    finished: Arc<AtomicBool>,
 ) -> Result<(), BackendError> {
     let result = task.await;
+    finished.store(true, std::sync::atomic::Ordering::Release);
     if *stop.borrow() {
         return result;
     }
@@ -391,74 +415,7 @@ fn prefetch(spec: &SubscriptionSpec, max_buffered: usize) -> usize {
     }
 }
 
-/// Rejects what cannot be honoured, naming the option, before anything is consumed.
-fn check(sub: &Subscription, state: &StateMap, dedup_store: &str) -> Result<(), StartError> {
-    let spec: &SubscriptionSpec = sub.spec();
-    let name = || spec.name.clone();
-    if spec.topics.is_empty() || spec.topics.iter().any(String::is_empty) {
-        return Err(StartError::Invalid {
-            subscription: name(),
-            reason: "it names no topic, or an empty one".into(),
-        });
-    }
-    if spec.group.is_empty() {
-        return Err(StartError::Invalid {
-            subscription: name(),
-            reason: "the consumer group is empty".into(),
-        });
-    }
-    if spec.concurrency == 0 {
-        return Err(StartError::Invalid {
-            subscription: name(),
-            reason: "concurrency must be at least 1".into(),
-        });
-    }
-    if let Some(retry) = &spec.retry {
-        if retry.mode == RetryMode::Redeliver && spec.topics.iter().any(|t| t.contains('#')) {
-            return Err(StartError::Invalid {
-                subscription: name(),
-                reason: "retry(mode = \"redeliver\") cannot be combined with a `#` pattern topic: the pattern would also match the group's retry topic".into(),
-            });
-        }
-        if retry.max_attempts == 0 {
-            return Err(StartError::Invalid {
-                subscription: name(),
-                reason: "retry: max_attempts must be at least 1".into(),
-            });
-        }
-    }
-    if matches!(&spec.dead_letter, DeadLetter::Topic(t) if t.is_empty()) {
-        return Err(StartError::Invalid {
-            subscription: name(),
-            reason: "dead_letter: the destination name is empty".into(),
-        });
-    }
-    let mut state = state.clone();
-    state.insert(Arc::new(InboxAvailability(inbox_availability(
-        spec,
-        dedup_store,
-    ))));
-    sub.check_extractors(&state)
-        .map_err(|reason| StartError::Invalid {
-            subscription: name(),
-            reason,
-        })
-}
-
-/// Whether a handler of `spec` may take an `Inbox`, and if not, why not.
-fn inbox_availability(spec: &SubscriptionSpec, dedup_store: &str) -> Result<(), String> {
-    if spec.dedup.is_none() {
-        return Err("the handler takes an Inbox, which needs `dedup` on its subscription".into());
-    }
-    if !(dedup_store.starts_with("postgres://") || dedup_store.starts_with("postgresql://")) {
-        return Err(format!(
-            "the handler takes an Inbox, which needs a PostgreSQL dedup store, but the store is {}; call AppBuilder::dedup_store(\"postgres://…\")",
-            crate::url::redact(dedup_store)
-        ));
-    }
-    Ok(())
-}
-
+/// Hands each answer on the app's reply topic to the request that waits for it.
 async fn receive_replies(
     mut consumer: Box<dyn backend::Consumer>,
     replies: Arc<Replies>,
@@ -484,9 +441,9 @@ async fn receive_replies(
     result.and(consumer.close().await)
 }
 
+/// A subscription's consuming task.
 struct Running {
-    spec: SubscriptionSpec,
-    stats: Arc<SubscriptionStats>,
+    name: String,
     task: JoinHandle<Result<(), BackendError>>,
 }
 
@@ -494,8 +451,7 @@ struct Running {
 /// nothing gracefully.
 pub struct App {
     backend: Arc<dyn Backend>,
-    publisher: Publisher,
-    stop: watch::Sender<bool>,
+    handle: AppHandle,
     running: Vec<Running>,
     reply_task: JoinHandle<Result<(), BackendError>>,
     reply_topic: String,
@@ -514,30 +470,6 @@ impl ShutdownHandle {
     }
 }
 
-/// The counters of one subscription, with its name and group.
-#[derive(Clone, Debug)]
-pub struct SubscriptionReport {
-    /// The subscription's name.
-    pub name: String,
-    /// Its consumer group.
-    pub group: String,
-    /// Its counters.
-    pub stats: StatsSnapshot,
-}
-
-/// Whether one subscription is consuming, and what it owns.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SubscriptionHealth {
-    /// The subscription's name.
-    pub name: String,
-    /// Its consumer group.
-    pub group: String,
-    /// Whether deliveries can arrive right now.
-    pub consuming: bool,
-    /// The partitions (RabbitMQ: queues, as partition 0) it owns.
-    pub assignment: Vec<TopicPartition>,
-}
-
 impl App {
     /// Starts building an app.
     pub fn builder() -> AppBuilder {
@@ -552,12 +484,13 @@ impl App {
                 lease: Duration::from_secs(60),
                 ttl: Duration::from_secs(24 * 3600),
             },
+            wrap_backend: None,
         }
     }
 
     /// A publisher on this app's broker.
     pub fn publisher(&self) -> Publisher {
-        self.publisher.clone()
+        self.handle.publisher()
     }
 
     /// `memory`, `kafka` or `rabbitmq`.
@@ -567,57 +500,36 @@ impl App {
 
     /// A handle that starts the shutdown from anywhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.stop.clone())
+        ShutdownHandle(self.handle.stop.clone())
+    }
+
+    /// A handle that reads stats and health, publishes and shuts down while [`App::run`] owns
+    /// the app.
+    pub fn handle(&self) -> AppHandle {
+        self.handle.clone()
     }
 
     /// The counters of every subscription.
     pub fn stats(&self) -> Vec<SubscriptionReport> {
-        self.running
-            .iter()
-            .map(|r| SubscriptionReport {
-                name: r.spec.name.clone(),
-                group: r.spec.group.clone(),
-                stats: r.stats.snapshot(),
-            })
-            .collect()
+        self.handle.stats()
     }
 
-    /// Whether each subscription can receive deliveries right now: its dispatch task runs and
-    /// its member owns at least one partition (Kafka, memory) or has its queue consumer open
-    /// (RabbitMQ). A member of a group with more members than partitions is idle, not
-    /// consuming.
+    /// Whether each subscription can receive deliveries right now (see [`AppHandle::health`]).
     pub fn health(&self) -> Vec<SubscriptionHealth> {
-        self.running
-            .iter()
-            .map(|r| {
-                let assignment = r.stats.assignment.borrow().clone();
-                SubscriptionHealth {
-                    name: r.spec.name.clone(),
-                    group: r.spec.group.clone(),
-                    consuming: !r.task.is_finished() && !assignment.is_empty(),
-                    assignment,
-                }
-            })
-            .collect()
+        self.handle.health()
     }
 
     /// The partitions a subscription's member owns, as a watch that changes with every
     /// rebalance; `None` for an unknown subscription name.
     pub fn assignment(&self, subscription: &str) -> Option<watch::Receiver<Vec<TopicPartition>>> {
-        self.running
-            .iter()
-            .find(|r| r.spec.name == subscription)
-            .map(|r| r.stats.assignment.subscribe())
+        self.handle.assignment(subscription)
     }
 
     /// Whether a key-ordered subscription holds back fetching because it holds its
     /// [`AppBuilder::max_buffered`] unfinished deliveries, as a watch; `None` for an unknown
     /// subscription name.
     pub fn held_back(&self, subscription: &str) -> Option<watch::Receiver<bool>> {
-        self.running
-            .iter()
-            .find(|r| r.spec.name == subscription)
-            .map(|r| r.stats.held_back.subscribe())
+        self.handle.held_back(subscription)
     }
 
     /// Runs until Ctrl-C, SIGTERM or a [`ShutdownHandle`], then shuts down gracefully.
@@ -627,7 +539,7 @@ impl App {
     /// and returns the [`RunError`] that names it, so that the process exits instead of
     /// running on without consuming.
     pub async fn run(mut self) -> Result<(), RunError> {
-        let mut stop = self.stop.subscribe();
+        let mut stop = self.handle.stop.subscribe();
         tokio::select! {
             () = signal() => tracing::info!("shutdown signal received"),
             _ = stop.wait_for(|s| *s) => {}
@@ -643,7 +555,7 @@ impl App {
     /// has one (RabbitMQ: the app's publishers fail from then on). What was not completed is
     /// delivered again later.
     pub async fn shutdown(self) -> Result<(), RunError> {
-        self.stop.send_replace(true);
+        self.handle.stop.send_replace(true);
         let mut first_error = None;
         for r in self.running {
             let outcome = match r.task.await {
@@ -654,9 +566,9 @@ impl App {
                 }),
             };
             if let Err(source) = outcome {
-                tracing::error!(subscription = %r.spec.name, error = %source, "subscription stopped with an error");
+                tracing::error!(subscription = %r.name, error = %source, "subscription stopped with an error");
                 first_error.get_or_insert(RunError {
-                    subscription: r.spec.name,
+                    subscription: r.name,
                     source,
                 });
             }
