@@ -115,6 +115,34 @@ async fn a_wrong_password_fails_the_start_naming_the_problem() {
     assert!(!text.contains("hunter2"), "{text}");
 }
 
+#[tokio::test]
+async fn a_password_from_a_file_opens_the_store() {
+    // The suite's URL without its password, which comes from a file (with the trailing
+    // newline a secret mount has) instead.
+    let full = url();
+    let (scheme, rest) = full.split_once("://").expect("a postgres:// URL");
+    let (userinfo, tail) = rest.rsplit_once('@').expect("the suite's URL has a user");
+    let (user, password) = userinfo.split_once(':').expect("and a password");
+    let file = std::env::temp_dir().join(format!("anybus-pg-pw-{}", MessageId::new()));
+    std::fs::write(&file, format!("{password}\n")).expect("write the password file");
+    let store = format!(
+        "{scheme}://{user}@{tail}{}password_file={}",
+        if tail.contains('?') { '&' } else { '?' },
+        file.display()
+    );
+    let app = App::builder()
+        .subscribe(
+            Subscription::builder(["t"])
+                .dedup(DedupKey::MessageId)
+                .handler(|_: Message| std::future::ready(Ok::<(), HandlerError>(()))),
+        )
+        .dedup_store(&store)
+        .connect(&broker())
+        .await
+        .unwrap_or_else(|e| panic!("{e} (is PostgreSQL up? `tests/brokers.sh up postgres`)"));
+    app.shutdown().await.expect("shut down");
+}
+
 /// Each order published twice (two messages, one `order_id`) is written once, and a handler
 /// that commits and then fails (as if the process died before the ack) has its redelivery
 /// suppressed: the write is not repeated.

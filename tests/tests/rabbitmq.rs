@@ -116,6 +116,80 @@ async fn a_host_nobody_listens_on_fails_fast_naming_the_address() {
     assert!(took < FAST, "took {took:?}");
 }
 
+/// A file holding `contents`, in the temporary directory, named uniquely.
+fn secret_file(contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("anybus-amqp-pw-{}", MessageId::new()));
+    std::fs::write(&path, contents).expect("write the password file");
+    path
+}
+
+#[tokio::test]
+async fn a_password_from_a_file_logs_in() {
+    // The suite's broker URL without its password, which comes from a file (as a Docker or
+    // Kubernetes secret mount gives it, with a trailing newline) instead.
+    let full = anybus_conformance::Env::rabbitmq().url;
+    let rest = full.strip_prefix("amqp://").expect("an amqp:// URL");
+    let (userinfo, tail) = rest.rsplit_once('@').expect("the suite's URL has a user");
+    let (user, password) = userinfo.split_once(':').expect("and a password");
+    let file = secret_file(&format!("{password}\n"));
+    let url = format!("amqp://{user}@{tail}?password_file={}", file.display());
+    let app = App::builder()
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{}", broker_hint(&e.to_string())));
+    app.shutdown().await.expect("shut down");
+}
+
+#[tokio::test]
+async fn a_password_with_reserved_characters_reaches_the_broker_and_is_never_shown() {
+    // Percent-encoded, a password with every character a URL reserves is the broker's to
+    // refuse (it is not guest's), and is shown neither as written nor decoded.
+    let password = format!("p@ss:w/rd#?&={}%", MessageId::new());
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let url = url_with(Some(&format!("guest:{encoded}")), None, None);
+    let (error, shown, _) = refused(&url, &password).await;
+    assert!(!shown.contains(&encoded), "{shown}");
+    assert!(
+        matches!(&error, ConnectError::AuthenticationFailed { user, .. } if user == "guest"),
+        "{}",
+        broker_hint(&shown)
+    );
+    // Written raw, the same password does not read as a URL's user-info: refused before any
+    // connection, without a piece of it.
+    let raw = url_with(Some(&format!("guest:{password}")), None, None);
+    let (error, shown, _) = refused(&raw, &password).await;
+    assert!(
+        matches!(error, ConnectError::MalformedUrl { .. }),
+        "{error:?}"
+    );
+    assert!(shown.contains("percent-encode"), "{shown}");
+    assert!(!shown.contains("rd#?&"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_password_variable_that_is_not_set_is_named() {
+    let name = format!(
+        "ANYBUS_UNSET_{}",
+        MessageId::new().to_string().replace('-', "_")
+    );
+    let url = url_with(Some("guest"), None, None) + &format!("?password_env={name}");
+    let (error, shown, took) = refused(&url, "guest:guest").await;
+    assert!(matches!(error, ConnectError::Password { .. }), "{error:?}");
+    assert!(
+        shown.contains(&format!(
+            "environment variable `{name}` (from `password_env`) is not set"
+        )),
+        "{shown}"
+    );
+    assert!(took < FAST, "took {took:?}");
+}
+
 #[tokio::test]
 async fn a_host_that_does_not_answer_fails_within_the_connect_timeout() {
     let password = format!("pw-{}", MessageId::new());

@@ -77,9 +77,18 @@ impl DedupError {
     pub(crate) fn new(url: &str, reason: impl fmt::Display) -> Self {
         Self {
             store: crate::url::redact(url),
-            reason: scrub(url, &reason.to_string()),
+            reason: crate::url::scrub(url, &reason.to_string()),
         }
     }
+}
+
+/// A store's URL as its client gets it: a password from `password_env` or `password_file` put
+/// in place, and the user-info checked to read as the redactor reads it.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn resolve_url(url: &str) -> Result<String, DedupError> {
+    let resolved = crate::url::resolve_credentials(url).map_err(|e| DedupError::new(url, e))?;
+    crate::url::check_credentials(&resolved).map_err(|e| DedupError::new(&resolved, e))?;
+    Ok(resolved.into_owned())
 }
 
 /// Remembers which keys a consumer group reserved and finished.
@@ -184,22 +193,6 @@ pub async fn connect(url: &str) -> Result<Arc<dyn DedupStore>, DedupError> {
         other => Err(refused(format!(
             "unknown scheme `{other}`: the dedup stores are memory://, redis:// and postgres://"
         ))),
-    }
-}
-
-/// `text` with the password of `url`, if it has one, replaced by `***`: client errors may
-/// quote the URL.
-fn scrub(url: &str, text: &str) -> String {
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split(['/', '?']).next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|p| !p.is_empty());
-    match password {
-        Some(password) => text.replace(password, "***"),
-        None => text.to_owned(),
     }
 }
 

@@ -143,7 +143,8 @@ pub struct PostgresDedupStore {
     /// Reservations and completions on their way to the batchers.
     reserves: async_channel::Sender<Op<Reservation>>,
     completes: async_channel::Sender<Op<()>>,
-    /// The URL as given: errors name it with the password hidden, and scrub the password.
+    /// The URL as the driver got it: errors name it with the password hidden, and scrub the
+    /// password.
     url: String,
 }
 
@@ -158,9 +159,12 @@ impl std::fmt::Debug for PostgresDedupStore {
 impl PostgresDedupStore {
     /// Connects to the database of `url`, creates the table `anybus_dedup` if it is missing,
     /// and starts sweeping expired rows, within five seconds; the error names the store with its
-    /// password hidden. `?max_connections=N` sizes the pool (default 16); other query
+    /// password hidden. `?max_connections=N` sizes the pool (default 16); the password may come
+    /// from `?password_env=NAME` or `?password_file=PATH` instead of the URL; other query
     /// parameters go to the PostgreSQL driver.
     pub async fn connect(url: &str) -> Result<Arc<Self>, DedupError> {
+        let resolved = super::resolve_url(url)?;
+        let url = resolved.as_str();
         let failed = |reason: String| DedupError::new(url, reason);
         let (url_for_driver, max_connections) = split_options(url).map_err(&failed)?;
         let open = async {

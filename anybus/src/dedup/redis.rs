@@ -63,8 +63,11 @@ impl std::fmt::Debug for RedisDedupStore {
 
 impl RedisDedupStore {
     /// Connects to the Redis server of `url` and checks that it answers (`PING`), within five
-    /// seconds; the error names the store with its password hidden.
+    /// seconds; the error names the store with its password hidden. The password may come
+    /// from `?password_env=NAME` or `?password_file=PATH` instead of the URL.
     pub async fn connect(url: &str) -> Result<Self, DedupError> {
+        let resolved = super::resolve_url(url)?;
+        let url = resolved.as_str();
         let shown = crate::url::redact(url);
         let failed = |reason: String| DedupError::new(url, reason);
         let client = redis::Client::open(url).map_err(|e| failed(e.to_string()))?;

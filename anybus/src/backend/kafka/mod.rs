@@ -118,16 +118,24 @@ impl KafkaBackend {
         if wanted.is_empty() {
             return Ok(());
         }
-        let new: Vec<NewTopic<'_>> = wanted
+        let new = wanted
             .iter()
             .map(|t| {
-                NewTopic::new(
+                let partitions = match t.partitions {
+                    None => self.config.partitions,
+                    // Kafka counts partitions in an INT32: refused, never truncated.
+                    Some(n) => i32::try_from(n).map_err(|_| BackendError::Declare {
+                        topic: t.name.clone(),
+                        reason: format!("{n} partitions is more than Kafka allows ({})", i32::MAX),
+                    })?,
+                };
+                Ok(NewTopic::new(
                     &t.name,
-                    t.partitions.unwrap_or(self.config.partitions) as i32,
+                    partitions,
                     TopicReplication::Fixed(self.config.replication),
-                )
+                ))
             })
-            .collect();
+            .collect::<Result<Vec<NewTopic<'_>>, BackendError>>()?;
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = self
             .admin
