@@ -294,7 +294,12 @@ async fn an_anybus_request_is_answered_by_a_pika_rpc_server() {
         reply_to.starts_with("anybus.replies.") && reply_to.ends_with(".%reply"),
         "reply_to names the app's reply queue: {seen}"
     );
-    assert!(seen["correlation_id"].as_str().is_some_and(|id| !id.is_empty()), "{seen}");
+    assert!(
+        seen["correlation_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{seen}"
+    );
     app.shutdown().await.expect("shutdown");
 }
 

@@ -99,6 +99,7 @@ mod connection;
 mod consumer;
 mod declare;
 mod feed;
+mod field_values;
 mod generation;
 mod naming;
 pub mod properties;
