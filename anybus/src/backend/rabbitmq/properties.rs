@@ -29,10 +29,11 @@
 //!   the order between different names is not kept.
 //! - Messages are persistent (`delivery-mode` 2) and carry the publish time (`timestamp`).
 //!
-//! Headers written by other AMQP clients are read whatever their type, as
-//! [`field_values`](super::field_values) says: strings and byte arrays as their bytes, numbers,
-//! decimals and booleans as their text, void as an empty value, arrays as repeated headers,
-//! nested tables as JSON text.
+//! Headers written by other AMQP clients are read whatever their type, none dropped: strings
+//! and byte arrays as their bytes; integers, floats, timestamps and booleans as their text; a
+//! decimal as its exact signed decimal text (`1.50`, `-2.5`); void as an empty value; an array
+//! as the header repeated per element; a nested table as JSON text, names in byte order
+//! (`{"a":1,"inner":{"none":null}}`). Such a header is sent on as that text.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
