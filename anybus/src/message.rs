@@ -14,9 +14,10 @@ use uuid::Uuid;
 pub mod header {
     /// The unique id of a published message (UUID v7), the default deduplication key.
     pub const MESSAGE_ID: &str = "anybus-message-id";
-    /// Where the answer to a request goes.
+    /// Where the answer to a request goes. On RabbitMQ also the AMQP `reply-to` property;
+    /// a request of another AMQP client has `amqp-queue:{its reply-to queue}` here.
     pub const REPLY_TO: &str = "anybus-reply-to";
-    /// Ties an answer to its request.
+    /// Ties an answer to its request. On RabbitMQ also the AMQP `correlation-id` property.
     pub const CORRELATION_ID: &str = "anybus-correlation-id";
     /// Set on an answer when the handler of the request failed; the value is the error message.
     pub const ERROR: &str = "anybus-error";

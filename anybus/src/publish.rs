@@ -3,7 +3,10 @@
 //! Every message carries a fresh [`MessageId`](crate::MessageId). A publish resolves once the
 //! broker confirmed the message. A request is an event with two extra headers, where to answer
 //! ([`header::REPLY_TO`]: a reply topic private to this app instance) and a correlation id; the
-//! handler's return value is the answer.
+//! handler's return value is the answer. On RabbitMQ these are also the AMQP `reply-to` and
+//! `correlation-id` properties, so that other AMQP clients can answer an anybus request, and
+//! ask an anybus subscription, the way AMQP RPC works (see `backend::rabbitmq::properties`,
+//! feature `rabbitmq`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -260,20 +263,21 @@ impl Publisher {
     }
 
     /// Sends the answer to a request: its handler's value, the error it failed with, or word
-    /// that it was handled before.
+    /// that it was handled before. The answer carries the request's correlation id; a request
+    /// without one (another AMQP client may ask so, with a reply queue per request) is
+    /// answered without one.
     pub(crate) async fn answer(
         &self,
         request: &Message,
         answer: Answer,
     ) -> Result<(), PublishError> {
-        let (Some(to), Some(id)) = (
-            request.headers().get_str(header::REPLY_TO),
-            request.headers().get(header::CORRELATION_ID),
-        ) else {
+        let Some(to) = request.headers().get_str(header::REPLY_TO) else {
             return Ok(());
         };
         let mut headers = Headers::new();
-        headers.append(header::CORRELATION_ID, id.clone());
+        if let Some(id) = request.headers().get(header::CORRELATION_ID) {
+            headers.append(header::CORRELATION_ID, id.clone());
+        }
         let payload = match answer {
             Answer::Value(reply) => {
                 headers.append(header::CONTENT_TYPE, reply.content_type);

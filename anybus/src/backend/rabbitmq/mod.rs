@@ -29,7 +29,10 @@
 //!   events exchange with the retry topic as routing key, into the group's retry queue.
 //! - **Request/reply** uses the runtime's private reply topic per app (`anybus.replies.<uuid>`),
 //!   whose queue, `{reply topic}.%reply`, is not durable and expires a minute after its app is
-//!   gone.
+//!   gone. It is AMQP RPC too: a request names that queue in its `reply-to` property and has a
+//!   `correlation-id`, so another client answers it through the default exchange; and another
+//!   client's request (`reply-to`, `correlation-id`, no anybus headers) is answered into its
+//!   `reply-to` queue (see [`properties`]).
 //!
 //! The names and arguments above are data, a [`topology::Topology`] built from a subscription's
 //! group and topics. It is declared when a consumer starts, and declared again, with the base
@@ -37,9 +40,10 @@
 //!
 //! # Messages
 //!
-//! Published events are persistent, carry the message id as AMQP `message-id`, the key in the
-//! header `anybus-key`, and every header as a byte string in the AMQP header table (see
-//! [`properties`], which also says how a foreign `message-id`, or none, becomes an id). A received message's origin names its topic (the routing key it was
+//! Published events are persistent, carry the message id as AMQP `message-id`, the codec's
+//! media type as `content-type`, the key in the header `anybus-key`, and every other header as
+//! a byte string in the AMQP header table (see [`properties`], which also says how a foreign
+//! `message-id`, or none, becomes an id, and how header values of every AMQP type are read). A received message's origin names its topic (the routing key it was
 //! published with) and its delivery tag; it has no partition or offset.
 //!
 //! # Delivery
@@ -99,6 +103,7 @@ mod connection;
 mod consumer;
 mod declare;
 mod feed;
+mod field_values;
 mod generation;
 mod naming;
 pub mod properties;

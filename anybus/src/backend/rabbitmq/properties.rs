@@ -1,6 +1,9 @@
 //! How a [`Message`] travels as an AMQP message, and back.
 //!
-//! - The topic is the routing key on the events exchange.
+//! - The topic is the routing key on the events exchange. A topic `amqp-queue:{name}`
+//!   ([`QUEUE_TOPIC_PREFIX`]) is instead published through the default exchange straight into
+//!   the queue `{name}`: it is how the answer to a request of another AMQP client reaches the
+//!   queue that client named in `reply_to`.
 //! - The message id is the AMQP `message-id` property (the UUID's text). A `message-id` that
 //!   another producer wrote in any other form (`order-17`) is kept: the message's id is
 //!   [`MessageId::of_foreign`] of it, the same on every delivery, and the text itself is the
@@ -9,13 +12,28 @@
 //!   [`MessageId::missing`] (so deduplicating by message id refuses it, naming the cause) and is
 //!   sent on without one.
 //! - The key, which AMQP has no place for, is the header [`KEY_HEADER`].
-//! - Headers are the AMQP header table, each value a byte string. A name given more than once
-//!   becomes an array of its values, in order; AMQP tables order names by themselves, so the
-//!   order between different names is not kept.
+//! - The header [`content-type`](header::CONTENT_TYPE) (the codec's media type) is the AMQP
+//!   `content-type` property, and a header [`content-encoding`](CONTENT_ENCODING_HEADER) the
+//!   `content-encoding` property; neither is also a header of the AMQP table. (A value that is
+//!   not UTF-8 or longer than 255 bytes stays a header.)
+//! - Request/reply speaks AMQP RPC: the [correlation id](header::CORRELATION_ID) is also the
+//!   `correlation-id` property, and a request's `reply-to` property names the queue of the
+//!   app's reply topic ([`reply_queue`]), which any client reaches through the default
+//!   exchange with that name as routing key. The anybus headers stay too, so that anybus apps
+//!   of earlier versions answer and match as before. A delivery with `reply-to` or
+//!   `correlation-id` properties but not the anybus headers (a request or an answer of another
+//!   client) gets the headers from them: `reply-to` `Q` becomes the reply-to header
+//!   `amqp-queue:Q`, so that the answer goes to queue `Q`, with the request's correlation id.
+//! - Other headers are the AMQP header table, each value a byte string. A name given more than
+//!   once becomes an array of its values, in order; AMQP tables order names by themselves, so
+//!   the order between different names is not kept.
 //! - Messages are persistent (`delivery-mode` 2) and carry the publish time (`timestamp`).
 //!
-//! Headers written by other AMQP clients are read too: strings and byte arrays as their bytes,
-//! numbers and booleans as their text, arrays as repeated headers; nested tables are skipped.
+//! Headers written by other AMQP clients are read whatever their type, none dropped: strings
+//! and byte arrays as their bytes; integers, floats, timestamps and booleans as their text; a
+//! decimal as its exact signed decimal text (`1.50`, `-2.5`); void as an empty value; an array
+//! as the header repeated per element; a nested table as JSON text, names in byte order
+//! (`{"a":1,"inner":{"none":null}}`). Such a header is sent on as that text.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,7 +42,10 @@ use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-use crate::message::{Headers, Message, MessageId, Origin};
+use super::field_values::{header_values, scalar};
+use super::naming::reply_queue;
+use super::topology::REPLY_TOPIC_PREFIX;
+use crate::message::{header, Headers, Message, MessageId, Origin};
 
 /// The header that carries a message's key.
 pub const KEY_HEADER: &str = "anybus-key";
@@ -34,13 +55,23 @@ pub const KEY_HEADER: &str = "anybus-key";
 /// replaced by it.
 pub const FOREIGN_ID_HEADER: &str = "anybus-amqp-message-id";
 
+/// The header that is the AMQP `content-encoding` property (anybus writes none itself).
+pub const CONTENT_ENCODING_HEADER: &str = "content-encoding";
+
+/// A topic that starts with it names a queue, `amqp-queue:{queue}`, into which the message is
+/// published through the default exchange: the reply-to header of a request of another AMQP
+/// client, whose `reply-to` property names its queue (see the module docs).
+pub const QUEUE_TOPIC_PREFIX: &str = "amqp-queue:";
+
 /// `delivery-mode` of a message the broker writes to disk.
 const PERSISTENT: u8 = 2;
 
 /// A message ready for `basic.publish`.
 pub(super) struct Outgoing {
-    /// The topic, as routing key.
+    /// The topic, as routing key; or the queue, for a topic that names one.
     pub(super) routing_key: ShortString,
+    /// Whether `routing_key` names a queue, reached through the default exchange.
+    pub(super) to_queue: bool,
     /// Id, headers, persistence and time.
     pub(super) properties: BasicProperties,
 }
@@ -56,15 +87,49 @@ pub(super) enum Unsendable {
 
 /// The routing key and properties of `message`.
 pub(super) fn outgoing(message: &Message) -> Result<Outgoing, Unsendable> {
-    let routing_key =
-        ShortString::try_new(message.topic()).map_err(|_| Unsendable::TopicTooLong)?;
+    let (target, to_queue) = match message.topic().strip_prefix(QUEUE_TOPIC_PREFIX) {
+        Some(queue) => (queue, true),
+        None => (message.topic(), false),
+    };
+    let routing_key = ShortString::try_new(target).map_err(|_| Unsendable::TopicTooLong)?;
+    let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    let headers = message.headers();
+    let content_type = property_text(headers, header::CONTENT_TYPE);
+    if let Some(value) = &content_type {
+        properties = properties.with_content_type(value.clone());
+    }
+    let content_encoding = property_text(headers, CONTENT_ENCODING_HEADER);
+    if let Some(value) = &content_encoding {
+        properties = properties.with_content_encoding(value.clone());
+    }
+    if let Some(id) = property_text(headers, header::CORRELATION_ID) {
+        properties = properties.with_correlation_id(id);
+    }
+    let reply_to = headers.get_str(header::REPLY_TO);
+    let foreign_reply_to = reply_to.and_then(|to| to.strip_prefix(QUEUE_TOPIC_PREFIX));
+    let queue = match (reply_to, foreign_reply_to) {
+        (_, Some(queue)) => Some(queue.to_owned()),
+        (Some(topic), None) if topic.starts_with(REPLY_TOPIC_PREFIX) => Some(reply_queue(topic)),
+        _ => None,
+    };
+    // A topic too long for a queue's name had no queue declared: nothing to name.
+    if let Some(queue) = queue.and_then(|q| ShortString::try_new(q).ok()) {
+        properties = properties.with_reply_to(queue);
+    }
     let mut table = FieldTable::default();
     if let Some(key) = message.key() {
         table.insert(KEY_HEADER.into(), bytes_value(key));
     }
     let foreign_id = foreign_id(message);
-    for (name, value) in message.headers().iter() {
-        if foreign_id.is_some() && name == FOREIGN_ID_HEADER {
+    for (name, value) in headers.iter() {
+        let as_property = match name {
+            FOREIGN_ID_HEADER => foreign_id.is_some(),
+            header::CONTENT_TYPE => content_type.is_some(),
+            CONTENT_ENCODING_HEADER => content_encoding.is_some(),
+            header::REPLY_TO => foreign_reply_to.is_some(),
+            _ => false,
+        };
+        if as_property {
             continue;
         }
         let name = ShortString::try_new(name)
@@ -81,9 +146,7 @@ pub(super) fn outgoing(message: &Message) -> Result<Outgoing, Unsendable> {
         };
         table.insert(name, merged);
     }
-    let mut properties = BasicProperties::default()
-        .with_delivery_mode(PERSISTENT)
-        .with_headers(table);
+    properties = properties.with_headers(table);
     if let Some(original) = foreign_id {
         properties = properties.with_message_id(original);
     } else if !message.id().is_missing() {
@@ -95,8 +158,21 @@ pub(super) fn outgoing(message: &Message) -> Result<Outgoing, Unsendable> {
     }
     Ok(Outgoing {
         routing_key,
+        to_queue,
         properties,
     })
+}
+
+/// The value of header `name` as the text of an AMQP property: its only value, if that is
+/// UTF-8 and at most 255 bytes (else the header stays in the table, where anything fits).
+fn property_text(headers: &Headers, name: &str) -> Option<ShortString> {
+    let mut values = headers.iter().filter(|(n, _)| *n == name);
+    let (_, value) = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?;
+    ShortString::try_new(text).ok()
 }
 
 /// The foreign `message-id` that `message`'s id was made from, when the header that carries it
@@ -140,7 +216,7 @@ pub(super) fn incoming(
     if let Some(table) = properties.headers() {
         for (name, value) in table.inner() {
             if name.as_str() == KEY_HEADER {
-                key = scalar(value);
+                key = Some(scalar(value));
                 continue;
             }
             let mut values = Vec::new();
@@ -151,6 +227,7 @@ pub(super) fn incoming(
         }
     }
     let id = incoming_id(properties, &mut headers);
+    amqp_properties(properties, &mut headers);
     let mut origin = Origin::topic(topic);
     origin.delivery_tag = Some(delivery_tag);
     origin.timestamp_ms = properties
@@ -160,41 +237,31 @@ pub(super) fn incoming(
     Message::from_parts(id, key, headers, Bytes::from(payload), origin)
 }
 
-fn bytes_value(bytes: &Bytes) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(bytes.to_vec()))
-}
-
-/// The bytes of a header value that is not an array or table.
-fn scalar(value: &AMQPValue) -> Option<Bytes> {
-    let text = |t: String| Some(Bytes::from(t));
-    match value {
-        AMQPValue::LongString(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
-        AMQPValue::ShortString(s) => Some(Bytes::copy_from_slice(s.as_str().as_bytes())),
-        AMQPValue::ByteArray(b) => Some(Bytes::copy_from_slice(b.as_slice())),
-        AMQPValue::Boolean(b) => text(b.to_string()),
-        AMQPValue::ShortShortInt(n) => text(n.to_string()),
-        AMQPValue::ShortShortUInt(n) => text(n.to_string()),
-        AMQPValue::ShortInt(n) => text(n.to_string()),
-        AMQPValue::ShortUInt(n) => text(n.to_string()),
-        AMQPValue::LongInt(n) => text(n.to_string()),
-        AMQPValue::LongUInt(n) => text(n.to_string()),
-        AMQPValue::LongLongInt(n) => text(n.to_string()),
-        AMQPValue::Float(n) => text(n.to_string()),
-        AMQPValue::Double(n) => text(n.to_string()),
-        AMQPValue::Timestamp(n) => text(n.to_string()),
-        _ => None,
-    }
-}
-
-fn header_values(value: &AMQPValue, out: &mut Vec<Bytes>) {
-    match value {
-        AMQPValue::FieldArray(values) => {
-            for v in values.as_slice() {
-                header_values(v, out);
+/// Adds the headers that stand for the AMQP properties of a delivery, where the table has no
+/// such header already (an anybus header wins: it is what anybus wrote).
+fn amqp_properties(properties: &BasicProperties, headers: &mut Headers) {
+    let mut add = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            if headers.get(name).is_none() {
+                headers.append(name, value);
             }
         }
-        other => out.extend(scalar(other)),
-    }
+    };
+    let text = |value: &Option<ShortString>| value.as_ref().map(|v| v.as_str().to_owned());
+    add(header::CONTENT_TYPE, text(properties.content_type()));
+    add(CONTENT_ENCODING_HEADER, text(properties.content_encoding()));
+    add(header::CORRELATION_ID, text(properties.correlation_id()));
+    let reply_to = properties.reply_to().as_ref().map(|q| q.as_str());
+    add(
+        header::REPLY_TO,
+        reply_to
+            .filter(|q| !q.is_empty())
+            .map(|q| format!("{QUEUE_TOPIC_PREFIX}{q}")),
+    );
+}
+
+fn bytes_value(bytes: &Bytes) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(bytes.to_vec()))
 }
 
 #[cfg(test)]
@@ -273,8 +340,142 @@ mod tests {
         let got = incoming(Arc::from("t"), 1, &properties, b"x".to_vec());
         assert_eq!(got.headers().get_str("n"), Some("-5"));
         assert_eq!(got.headers().get_str("flag"), Some("true"));
-        assert_eq!(got.headers().get("nested"), None);
+        assert_eq!(got.headers().get_str("nested"), Some("{}"), "kept as JSON");
         assert_eq!(got.key(), None);
+    }
+
+    fn property(value: &Option<ShortString>) -> Option<&str> {
+        value.as_ref().map(|v| v.as_str())
+    }
+
+    fn table(out: &Outgoing) -> FieldTable {
+        out.properties.headers().clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn content_type_and_encoding_are_properties_not_headers() {
+        let mut headers = Headers::new();
+        headers.append(header::CONTENT_TYPE, "application/json");
+        headers.append(CONTENT_ENCODING_HEADER, "gzip");
+        let sent = Message::new("t", "{}").with_headers(headers);
+        let out = outgoing(&sent).unwrap();
+        assert_eq!(
+            property(out.properties.content_type()),
+            Some("application/json")
+        );
+        assert_eq!(property(out.properties.content_encoding()), Some("gzip"));
+        let table = table(&out);
+        assert!(
+            !table.inner().contains_key(header::CONTENT_TYPE),
+            "{table:?}"
+        );
+        assert!(
+            !table.inner().contains_key(CONTENT_ENCODING_HEADER),
+            "{table:?}"
+        );
+        let got = delivered(&out.properties);
+        assert_eq!(
+            got.headers().get_str(header::CONTENT_TYPE),
+            Some("application/json")
+        );
+        assert_eq!(got.headers().get_str(CONTENT_ENCODING_HEADER), Some("gzip"));
+        assert_eq!(got.headers().len(), 2, "{:?}", got.headers());
+    }
+
+    #[test]
+    fn a_content_type_no_property_can_hold_stays_a_header() {
+        let mut headers = Headers::new();
+        headers.append(header::CONTENT_TYPE, "x".repeat(256));
+        headers.append(CONTENT_ENCODING_HEADER, Bytes::from_static(&[0xff]));
+        let out = outgoing(&Message::new("t", "").with_headers(headers.clone())).unwrap();
+        assert_eq!(*out.properties.content_type(), None);
+        assert_eq!(*out.properties.content_encoding(), None);
+        let got = delivered(&out.properties);
+        for (name, value) in headers.iter() {
+            assert_eq!(got.headers().get(name), Some(value));
+        }
+    }
+
+    #[test]
+    fn a_request_names_its_reply_queue_and_correlation_id_as_amqp_does() {
+        let reply_topic = format!("{REPLY_TOPIC_PREFIX}0190");
+        let mut headers = Headers::new();
+        headers.append(header::REPLY_TO, reply_topic.clone());
+        headers.append(header::CORRELATION_ID, "c-1");
+        let out = outgoing(&Message::new("register", "{}").with_headers(headers)).unwrap();
+        assert!(!out.to_queue);
+        let queue = reply_queue(&reply_topic);
+        assert_eq!(property(out.properties.reply_to()), Some(queue.as_str()));
+        assert_eq!(property(out.properties.correlation_id()), Some("c-1"));
+        // The headers stay, for anybus apps of earlier versions, and win when read back.
+        let got = delivered(&out.properties);
+        assert_eq!(
+            got.headers().get_str(header::REPLY_TO),
+            Some(reply_topic.as_str())
+        );
+        assert_eq!(got.headers().get_str(header::CORRELATION_ID), Some("c-1"));
+        assert_eq!(got.headers().len(), 2, "{:?}", got.headers());
+    }
+
+    #[test]
+    fn a_reply_to_that_is_no_reply_topic_names_no_queue() {
+        let mut headers = Headers::new();
+        headers.append(header::REPLY_TO, "somewhere.else");
+        let out = outgoing(&Message::new("t", "").with_headers(headers)).unwrap();
+        assert_eq!(*out.properties.reply_to(), None);
+        let got = delivered(&out.properties);
+        assert_eq!(
+            got.headers().get_str(header::REPLY_TO),
+            Some("somewhere.else")
+        );
+    }
+
+    #[test]
+    fn a_foreign_request_is_answered_into_its_reply_to_queue() {
+        let properties = BasicProperties::default()
+            .with_reply_to("amq.gen-1".into())
+            .with_correlation_id("c-9".into())
+            .with_content_type("application/json".into());
+        let request = delivered(&properties);
+        let to = request.headers().get_str(header::REPLY_TO);
+        assert_eq!(to, Some("amqp-queue:amq.gen-1"));
+        assert_eq!(
+            request.headers().get_str(header::CORRELATION_ID),
+            Some("c-9")
+        );
+
+        // What `Publisher::answer` makes of it.
+        let mut headers = Headers::new();
+        headers.append(header::CORRELATION_ID, "c-9");
+        headers.append(header::CONTENT_TYPE, "application/json");
+        let answer = Message::new(to.unwrap(), "{}").with_headers(headers);
+        let out = outgoing(&answer).unwrap();
+        assert!(out.to_queue);
+        assert_eq!(out.routing_key.as_str(), "amq.gen-1");
+        assert_eq!(property(out.properties.correlation_id()), Some("c-9"));
+        assert_eq!(
+            property(out.properties.content_type()),
+            Some("application/json")
+        );
+
+        // A retry copy or dead letter of the request goes out as it came.
+        let again = outgoing(&request).unwrap();
+        assert!(!again.to_queue);
+        assert_eq!(property(again.properties.reply_to()), Some("amq.gen-1"));
+        assert!(!table(&again).inner().contains_key(header::REPLY_TO));
+        let redelivered = delivered(&again.properties);
+        assert_eq!(redelivered.headers().get_str(header::REPLY_TO), to);
+    }
+
+    #[test]
+    fn a_foreign_answer_with_only_a_correlation_id_property_is_matched() {
+        let properties = BasicProperties::default().with_correlation_id("c-3".into());
+        let answer = delivered(&properties);
+        assert_eq!(
+            answer.headers().get_str(header::CORRELATION_ID),
+            Some("c-3")
+        );
+        assert_eq!(answer.headers().get(header::REPLY_TO), None);
     }
 
     fn delivered(properties: &BasicProperties) -> Message {

@@ -1,12 +1,14 @@
 //! Publishing with publisher confirms: a publish resolves once the broker took responsibility
 //! for the message, or fails with a typed error saying why it did not.
 //!
-//! Every publish goes to the events exchange with the topic as routing key, `mandatory` set,
-//! on one confirm-mode channel shared by all publishes of the backend (they pipeline; each
+//! Every publish goes to the events exchange with the topic as routing key (or, for a topic
+//! that names a queue, `amqp-queue:{queue}`, to the default exchange with the queue as routing
+//! key: an answer to another AMQP client's request), `mandatory` set, on one confirm-mode
+//! channel shared by all publishes of the backend (they pipeline; each
 //! waits for its own confirm). The broker's answer decides:
 //! - ack: the message is stored (in a group's queue, or parked in the unrouted queue);
-//! - ack with the message returned: nothing could take it, not even the unrouted queue, an
-//!   error naming the topic;
+//! - ack with the message returned: nothing could take it, not even the unrouted queue (or the
+//!   queue named does not exist), an error naming the topic;
 //! - nack: the broker refused it (the unrouted queue is full, a queue limit), an error.
 //!
 //! While the connection is down, a publish waits for the next one, up to [`PUBLISH_PATIENCE`].
@@ -77,8 +79,12 @@ impl Publisher {
         // A retry copy that is not due yet waits in its topic's wait queue, when a consumer of
         // this app declared one, and comes back to the topic when its TTL runs out. It goes
         // through an exchange of its own, so that no subscription (a `#` pattern) sees it early.
-        let mut exchange = EVENTS_EXCHANGE;
-        if let Some(wait) = not_due_yet(&message) {
+        let mut exchange = if outgoing.to_queue {
+            DEFAULT_EXCHANGE
+        } else {
+            EVENTS_EXCHANGE
+        };
+        if let Some(wait) = not_due_yet(&message).filter(|_| !outgoing.to_queue) {
             if self.link.waits_for(&topic) {
                 exchange = WAIT_EXCHANGE;
                 let ms = wait.as_millis().max(1).to_string();
@@ -143,7 +149,12 @@ impl Publisher {
             Ok(Err(e)) => return Err(self.lost(&channel, &e).await),
             Err(_) => return Err(Attempt::Lost("the broker did not confirm in time".into())),
         };
-        judge(confirmation, outgoing.routing_key.as_str())
+        let to = if outgoing.to_queue {
+            Destination::Queue(outgoing.routing_key.as_str())
+        } else {
+            Destination::Topic(outgoing.routing_key.as_str())
+        };
+        judge(confirmation, to)
     }
 
     /// The confirm-mode channel of the current connection, opened if needed.
@@ -193,13 +204,25 @@ impl Publisher {
     }
 }
 
-/// What the broker's confirmation means for a publish to `topic`.
-fn judge(confirmation: Confirmation, topic: &str) -> Result<(), Attempt> {
+/// The default exchange, through which every queue is reached by its name.
+const DEFAULT_EXCHANGE: &str = "";
+
+/// Where a publish goes.
+#[derive(Clone, Copy)]
+enum Destination<'a> {
+    /// A topic, on the events exchange.
+    Topic(&'a str),
+    /// A queue, by its name on the default exchange.
+    Queue(&'a str),
+}
+
+/// What the broker's confirmation means for a publish to `to`.
+fn judge(confirmation: Confirmation, to: Destination<'_>) -> Result<(), Attempt> {
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(returned)) => Err(Attempt::Refused(unroutable(&returned, topic))),
+        Confirmation::Ack(Some(returned)) => Err(Attempt::Refused(unroutable(&returned, to))),
         Confirmation::Nack(returned) => Err(Attempt::Refused(match returned {
-            Some(returned) => unroutable(&returned, topic),
+            Some(returned) => unroutable(&returned, to),
             None => "the broker refused the message (negative publisher confirm); is a queue \
                      full, such as the unrouted-events queue?"
                 .into(),
@@ -210,12 +233,20 @@ fn judge(confirmation: Confirmation, topic: &str) -> Result<(), Attempt> {
     }
 }
 
-fn unroutable(returned: &BasicReturnMessage, topic: &str) -> String {
-    format!(
-        "no queue is bound to topic `{topic}`, and the unrouted-events queue `{UNROUTED_QUEUE}` \
-         that keeps such events is missing: the broker returned the message ({} {})",
-        returned.reply_code, returned.reply_text
-    )
+fn unroutable(returned: &BasicReturnMessage, to: Destination<'_>) -> String {
+    match to {
+        Destination::Topic(topic) => format!(
+            "no queue is bound to topic `{topic}`, and the unrouted-events queue \
+             `{UNROUTED_QUEUE}` that keeps such events is missing: the broker returned the \
+             message ({} {})",
+            returned.reply_code, returned.reply_text
+        ),
+        Destination::Queue(queue) => format!(
+            "the queue `{queue}` does not exist (did the client that asked for an answer \
+             there go away?): the broker returned the message ({} {})",
+            returned.reply_code, returned.reply_text
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -223,7 +254,7 @@ mod tests {
     use super::*;
 
     fn refused(confirmation: Confirmation) -> String {
-        match judge(confirmation, "orders.created") {
+        match judge(confirmation, Destination::Topic("orders.created")) {
             Err(Attempt::Refused(reason)) => reason,
             _ => panic!("expected a refusal"),
         }
@@ -231,9 +262,10 @@ mod tests {
 
     #[test]
     fn only_a_plain_ack_is_a_success() {
-        assert!(judge(Confirmation::Ack(None), "t").is_ok());
+        let to = Destination::Topic("t");
+        assert!(judge(Confirmation::Ack(None), to).is_ok());
         assert!(matches!(
-            judge(Confirmation::NotRequested, "t"),
+            judge(Confirmation::NotRequested, to),
             Err(Attempt::Lost(_))
         ));
         let nack = refused(Confirmation::Nack(None));
