@@ -54,6 +54,7 @@ pub mod dedup;
 mod error;
 pub mod handler;
 mod message;
+mod names;
 pub mod observe;
 mod pipeline;
 mod publish;
@@ -72,8 +73,8 @@ pub use crate::codec::{Codec, DecodeError, EncodeError, Json, Raw};
 pub use crate::context::{Context, Key, State, StateMap};
 pub use crate::error::{FailureKind, HandlerError};
 pub use crate::message::{header, Headers, Message, MessageId, Origin};
+pub use crate::names::{dead_letter_topic, retry_topic};
 pub use crate::observe::{StatsSnapshot, TopicPartition};
-pub use crate::pipeline::redeliver::retry_topic;
 pub use crate::publish::{Publisher, RequestError};
 pub use crate::replay::{replay, replay_group, restore_dead_letter, REPLAY_SUBSCRIPTION};
 pub use crate::subscription::{

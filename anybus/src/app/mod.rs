@@ -42,7 +42,7 @@ use crate::observe::{SubscriptionStats, TopicPartition};
 use self::handle::Watched;
 pub use self::handle::{AppHandle, SubscriptionHealth, SubscriptionReport};
 use crate::pipeline::ordering::Dispatch;
-use crate::pipeline::{dead_letter, redeliver, Dedup, Worker};
+use crate::pipeline::{dead_letter, Dedup, Worker};
 use crate::publish::{Publisher, Replies};
 use crate::replay::replay_group;
 use crate::subscription::{DeadLetter, Ordering, RetryMode, Subscription, SubscriptionSpec};
@@ -215,7 +215,7 @@ impl AppBuilder {
                 }
             }
         }
-        let reply_topic = format!("anybus.replies.{}", MessageId::new());
+        let reply_topic = crate::names::reply_topic(MessageId::new());
         topics.push(TopicSpec {
             name: reply_topic.clone(),
             partitions: Some(1),
@@ -379,7 +379,7 @@ async fn watched(
 }
 
 /// The retry topics a subscription consumes beside its own under redeliver-later retries: its
-/// group's of each topic (see [`redeliver`](crate::pipeline::redeliver)); none otherwise.
+/// group's of each topic ([`crate::names::retry_topic`]); none otherwise.
 fn retry_topics(spec: &SubscriptionSpec) -> Vec<String> {
     let redeliver = spec
         .retry
@@ -390,7 +390,7 @@ fn retry_topics(spec: &SubscriptionSpec) -> Vec<String> {
     }
     spec.topics
         .iter()
-        .map(|t| redeliver::retry_topic(t, &spec.group))
+        .map(|t| crate::names::retry_topic(t, &spec.group))
         .collect()
 }
 

@@ -53,7 +53,7 @@ impl Reason {
 /// disabled.
 pub(crate) fn destination(policy: &DeadLetter, topic: &str) -> Option<String> {
     match policy {
-        DeadLetter::Default => Some(format!("{topic}.dlq")),
+        DeadLetter::Default => Some(crate::names::dead_letter_topic(topic)),
         DeadLetter::Topic(name) => Some(name.clone()),
         DeadLetter::Disabled => None,
     }

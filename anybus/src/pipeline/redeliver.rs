@@ -18,12 +18,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::message::{header, Message, Origin};
+use crate::names::{self, retry_topic};
 use crate::subscription::RetrySpec;
-
-/// The retry topic of `topic` for `group`.
-pub fn retry_topic(topic: &str, group: &str) -> String {
-    format!("{topic}.retry.{group}")
-}
 
 /// What anybus wrote on a retry copy it made for one group, read from a message that is one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,21 +68,17 @@ pub(crate) fn is_foreign_helper(message: &Message, group: &str) -> bool {
     let headers = message.headers();
     let dead_letter = headers
         .get_str(header::DLQ_TOPIC)
-        .and_then(|from| topic.strip_prefix(from))
-        .is_some_and(|rest| rest == ".dlq");
+        .is_some_and(|from| names::is_dead_letter_of(topic, from));
     let retry = retry_topic_parts(message).is_some_and(|(_, of_group)| of_group != group);
     dead_letter || retry
 }
 
-/// [`retry_topic`] read backwards, as far as `message` shows it: when the message's topic is
+/// [`retry_topic`] read backwards (by [`names::retry_topic_of`]), as far as `message` shows it: when the message's topic is
 /// `{t}.retry.{g}` for the `t` its [`header::RETRY_TOPIC`] names, that `t` and `g` (which, on a
 /// RabbitMQ wait routing key, ends in the wait suffix).
 fn retry_topic_parts(message: &Message) -> Option<(&str, &str)> {
     let original = message.headers().get_str(header::RETRY_TOPIC)?;
-    let group = message
-        .topic()
-        .strip_prefix(original)?
-        .strip_prefix(".retry.")?;
+    let group = names::retry_topic_of(message.topic(), original)?;
     Some((original, group))
 }
 

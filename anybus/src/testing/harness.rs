@@ -266,7 +266,8 @@ impl TestApp {
         topic: &str,
         n: usize,
     ) -> Result<Vec<Arc<Message>>, WaitError> {
-        self.published(&format!("{topic}.dlq"), n).await
+        self.published(&crate::names::dead_letter_topic(topic), n)
+            .await
     }
 
     /// Waits until `done` holds, looking again after every settlement and confirmed publish;

@@ -287,7 +287,7 @@ mod tests {
         let reply_topic = broker
             .topics()
             .into_iter()
-            .find(|t| t.starts_with("anybus.replies."))
+            .find(|t| crate::names::is_reply_topic(t))
             .expect("a reply topic while the app runs");
         app.shutdown().await.unwrap();
         assert!(

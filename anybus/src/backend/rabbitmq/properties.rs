@@ -44,7 +44,6 @@ use lapin::BasicProperties;
 
 use super::field_values::{header_values, scalar};
 use super::naming::reply_queue;
-use super::topology::REPLY_TOPIC_PREFIX;
 use crate::message::{header, Headers, Message, MessageId, Origin};
 
 /// The header that carries a message's key.
@@ -109,7 +108,7 @@ pub(super) fn outgoing(message: &Message) -> Result<Outgoing, Unsendable> {
     let foreign_reply_to = reply_to.and_then(|to| to.strip_prefix(QUEUE_TOPIC_PREFIX));
     let queue = match (reply_to, foreign_reply_to) {
         (_, Some(queue)) => Some(queue.to_owned()),
-        (Some(topic), None) if topic.starts_with(REPLY_TOPIC_PREFIX) => Some(reply_queue(topic)),
+        (Some(topic), None) if crate::names::is_reply_topic(topic) => Some(reply_queue(topic)),
         _ => None,
     };
     // A topic too long for a queue's name had no queue declared: nothing to name.
@@ -398,7 +397,7 @@ mod tests {
 
     #[test]
     fn a_request_names_its_reply_queue_and_correlation_id_as_amqp_does() {
-        let reply_topic = format!("{REPLY_TOPIC_PREFIX}0190");
+        let reply_topic = format!("{}0190", crate::names::REPLY_TOPIC_PREFIX);
         let mut headers = Headers::new();
         headers.append(header::REPLY_TO, reply_topic.clone());
         headers.append(header::CORRELATION_ID, "c-1");

@@ -46,8 +46,6 @@ pub const UNROUTED_EXCHANGE: &str = "anybus.unrouted";
 pub const UNROUTED_QUEUE: &str = "anybus.unrouted";
 /// How many unrouted events [`UNROUTED_QUEUE`] keeps; beyond it the broker refuses the publish.
 pub const UNROUTED_LIMIT: i32 = 100_000;
-/// The prefix of the reply topics the runtime gives each app for request/reply.
-pub const REPLY_TOPIC_PREFIX: &str = "anybus.replies.";
 /// How long a reply queue outlives its last consumer, in milliseconds.
 pub const REPLY_QUEUE_EXPIRY_MS: i32 = 60_000;
 
@@ -216,7 +214,7 @@ impl Topology {
         let mut sources = Vec::with_capacity(topics.len());
         for topic in topics {
             check_name("topic", topic)?;
-            let reply = topic.starts_with(REPLY_TOPIC_PREFIX) && topic == group;
+            let reply = crate::names::is_reply_topic(topic) && topic == group;
             let queue = if reply {
                 reply_queue(topic)
             } else {
@@ -408,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_reply_topic_gets_a_private_expiring_queue() {
-        let reply = format!("{REPLY_TOPIC_PREFIX}0190");
+        let reply = format!("{}0190", crate::names::REPLY_TOPIC_PREFIX);
         let (t, sources) = Topology::for_group(&reply, std::slice::from_ref(&reply)).unwrap();
         assert_eq!(sources[0].queue, reply_queue(&reply));
         assert!(t.superseded.is_empty(), "a reply queue expires by itself");
