@@ -303,23 +303,14 @@ impl Scenario {
 
 /// The arguments of `bench scenario` and `bench time-run`:
 /// `SCENARIO PAYLOAD [PARTITIONS] [multi|current]`, with defaults for what is missing.
-fn scenario_args(args: &[String]) -> (Scenario, Payload, u32, Flavor) {
-    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
-    (
-        Scenario::parse(arg(0)).unwrap_or(Scenario::EndToEnd),
-        Payload::parse(arg(1)).unwrap_or(Payload::Raw),
-        arg(2).parse().unwrap_or(1),
-        Flavor::parse(arg(3)).unwrap_or(Flavor::MultiThread),
-    )
-}
-
 /// `bench time-run SCENARIO PAYLOAD PARTITIONS FLAVOR`: a warm-up run, then one timed run of
 /// [`THROUGHPUT_N`] messages; prints its nanoseconds.
-fn time_run(args: &[String]) {
-    let (scenario, payload, partitions, flavor) = scenario_args(args);
-    let rt = flavor.runtime();
-    scenario.run(&rt, payload, partitions, WARMUP_N);
-    let took = scenario.run(&rt, payload, partitions, THROUGHPUT_N);
+fn time_run(run: &Run) {
+    let rt = run.flavor.runtime();
+    run.scenario.run(&rt, run.payload, run.partitions, WARMUP_N);
+    let took = run
+        .scenario
+        .run(&rt, run.payload, run.partitions, THROUGHPUT_N);
     println!("{}", took.as_nanos());
 }
 
@@ -617,62 +608,183 @@ fn callgrind_rows(rows: &mut Vec<Row>) {
 }
 
 /// `bench callgrind-run N raw|json [consume|publish|decode] [PARTITIONS]`.
-fn callgrind_run(args: &[String]) {
-    let n = args.first().and_then(|n| n.parse().ok()).unwrap_or(1_000);
-    let payload = args
-        .get(1)
-        .and_then(|p| Payload::parse(p))
-        .unwrap_or(Payload::Raw);
-    let phase = args
-        .get(2)
-        .and_then(|p| Phase::parse(p))
-        .unwrap_or(Phase::Consume);
-    let partitions = args.get(3).and_then(|p| p.parse().ok()).unwrap_or(1);
+fn callgrind_run(n: usize, payload: Payload, phase: Phase, partitions: u32) {
     memory::callgrind_run(phase, payload, partitions, n);
 }
 
 /// `bench scenario SCENARIO PAYLOAD [PARTITIONS] [FLAVOR] [RUNS]`: runs of one throughput
 /// scenario in this process, one line each, for `perf record` and the like.
-fn scenario(args: &[String]) {
-    let (scenario, payload, partitions, flavor) = scenario_args(args);
-    let runs = args.get(4).and_then(|r| r.parse().ok()).unwrap_or(RUNS);
-    let rt = flavor.runtime();
+fn scenario(run: &Run, runs: usize) {
+    let rt = run.flavor.runtime();
     let n = THROUGHPUT_N;
     for _ in 0..runs {
-        let took = scenario.run(&rt, payload, partitions, n);
+        let took = run.scenario.run(&rt, run.payload, run.partitions, n);
         println!(
-            "{} {} {partitions} {}: {} msg/s",
-            scenario.arg(),
-            payload.arg(),
-            flavor.arg(),
+            "{} {} {} {}: {} msg/s",
+            run.scenario.arg(),
+            run.payload.arg(),
+            run.partitions,
+            run.flavor.arg(),
             thousands(n as f64 / took.as_secs_f64())
         );
     }
 }
 
+/// What the bench is asked to do: a part of the table, or one of the runs that the table's
+/// rows start in a child process (or that a person runs alone, under `perf`).
+#[derive(clap::Parser)]
+#[command(
+    name = "bench",
+    about = "anybus against the raw clients: prints a markdown table"
+)]
+struct Cli {
+    /// Which rows to print; none: every row this build has.
+    #[command(subcommand)]
+    command: Option<Task>,
+}
+
+#[derive(clap::Subcommand)]
+enum Task {
+    /// The memory backend's rows: throughput, allocations, instructions, ordering, retry, dedup.
+    Memory,
+    /// The ordering rows (Parallel Consumer's scenario), on memory and Kafka.
+    Ordering,
+    /// The retry rows, on memory and each broker compiled in.
+    Retry,
+    /// The dedup rows, with each store compiled in.
+    Dedup,
+    /// Every Kafka row (feature `kafka`).
+    Kafka,
+    /// The Kafka rows against raw rdkafka alone (feature `kafka`).
+    KafkaVsRaw,
+    /// Every RabbitMQ row (feature `rabbitmq`).
+    Rabbitmq,
+    /// Runs of one throughput scenario in this process, one line each.
+    Scenario {
+        #[command(flatten)]
+        run: Run,
+        /// How many runs.
+        #[arg(default_value_t = RUNS)]
+        runs: usize,
+    },
+    /// A warm-up run and one timed run; prints its nanoseconds (what a table row runs).
+    TimeRun {
+        #[command(flatten)]
+        run: Run,
+    },
+    /// One run under callgrind (what an instruction-count row runs).
+    CallgrindRun {
+        /// Messages.
+        #[arg(default_value_t = 1_000)]
+        n: usize,
+        /// `raw` or `json`.
+        #[arg(default_value = "raw", value_parser = parsed(Payload::parse))]
+        payload: Payload,
+        /// `consume`, `publish` or `decode`.
+        #[arg(default_value = "consume", value_parser = parsed(Phase::parse))]
+        phase: Phase,
+        /// Partitions.
+        #[arg(default_value_t = 1)]
+        partitions: u32,
+    },
+    /// Resident memory while messages flow through the embedded broker (see `retention.rs`).
+    MemoryRetention {
+        /// Its own arguments: messages, and how often to print.
+        args: Vec<String>,
+    },
+    /// Kafka consume runs, for perf (see `kafka.rs`; feature `kafka`).
+    KafkaConsume {
+        /// Its own arguments: partitions, runs, `anybus` or `raw`.
+        args: Vec<String>,
+    },
+    /// Kafka publish runs, for perf (see `kafka.rs`; feature `kafka`).
+    KafkaPublish {
+        /// Its own arguments: runs, `anybus` or `raw`.
+        args: Vec<String>,
+    },
+}
+
+/// One throughput scenario's settings, as `time-run` and `scenario` take them.
+#[derive(clap::Args)]
+struct Run {
+    /// `end-to-end`, `consume` or `publish`.
+    #[arg(default_value = "end-to-end", value_parser = parsed(Scenario::parse))]
+    scenario: Scenario,
+    /// `raw` or `json`.
+    #[arg(default_value = "raw", value_parser = parsed(Payload::parse))]
+    payload: Payload,
+    /// Partitions.
+    #[arg(default_value_t = 1)]
+    partitions: u32,
+    /// `multi` or `current`.
+    #[arg(default_value = "multi", value_parser = parsed(Flavor::parse))]
+    flavor: Flavor,
+}
+
+/// A clap value parser from one of the bench's own `parse` functions.
+fn parsed<T: Clone + Send + Sync + 'static>(
+    parse: fn(&str) -> Option<T>,
+) -> impl Fn(&str) -> Result<T, String> + Clone {
+    move |s: &str| parse(s).ok_or_else(|| format!("`{s}` is not one of the names this takes"))
+}
+
+/// A part of the table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Memory,
+    Ordering,
+    Retry,
+    Dedup,
+    Kafka,
+    KafkaVsRaw,
+    Rabbitmq,
+}
+
+/// Whether the rows of a section belonging to `parts` are printed when `asked` was asked for
+/// (`None`: the whole table).
+fn wants(asked: Option<Part>, parts: &[Part]) -> bool {
+    asked.is_none_or(|part| parts.contains(&part))
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("callgrind-run") => return callgrind_run(&args[1..]),
-        Some("scenario") => return scenario(&args[1..]),
-        Some("time-run") => return time_run(&args[1..]),
-        Some("memory-retention") => return retention::run(&args[1..]),
+    let cli = <Cli as clap::Parser>::parse();
+    let asked = match cli.command {
+        None => None,
+        Some(Task::Memory) => Some(Part::Memory),
+        Some(Task::Ordering) => Some(Part::Ordering),
+        Some(Task::Retry) => Some(Part::Retry),
+        Some(Task::Dedup) => Some(Part::Dedup),
+        Some(Task::Kafka) => Some(Part::Kafka),
+        Some(Task::KafkaVsRaw) => Some(Part::KafkaVsRaw),
+        Some(Task::Rabbitmq) => Some(Part::Rabbitmq),
+        Some(Task::Scenario { run, runs }) => return scenario(&run, runs),
+        Some(Task::TimeRun { run }) => return time_run(&run),
+        Some(Task::CallgrindRun {
+            n,
+            payload,
+            phase,
+            partitions,
+        }) => return callgrind_run(n, payload, phase, partitions),
+        Some(Task::MemoryRetention { args }) => return retention::run(&args),
         #[cfg(feature = "kafka")]
-        Some("kafka-consume") => return kafka::consume_runs(&args[1..]),
+        Some(Task::KafkaConsume { args }) => return kafka::consume_runs(&args),
         #[cfg(feature = "kafka")]
-        Some("kafka-publish") => return kafka::publish_runs(&args[1..]),
-        _ => {}
-    }
-    let only = args.first().cloned().unwrap_or_default();
+        Some(Task::KafkaPublish { args }) => return kafka::publish_runs(&args),
+        #[cfg(not(feature = "kafka"))]
+        Some(Task::KafkaConsume { .. } | Task::KafkaPublish { .. }) => {
+            eprintln!("bench: this needs the `kafka` feature: cargo run --release -p anybus-bench --features kafka -- …");
+            std::process::exit(2)
+        }
+    };
     let mut rows = Vec::new();
     // The ordering rows' plain-tokio times, measured once for every backend.
     let mut baselines = Vec::new();
-    if only.is_empty() || only == "memory" {
+    if wants(asked, &[Part::Memory]) {
         throughput_rows(&mut rows);
         allocation_rows(&mut rows);
         callgrind_rows(&mut rows);
     }
-    if only.is_empty() || only == "memory" || only == "ordering" {
+    if wants(asked, &[Part::Memory, Part::Ordering]) {
         let url = format!(
             "memory://bench-ordering-{}?partitions=1",
             anybus::MessageId::new()
@@ -687,10 +799,10 @@ fn main() {
         ));
     }
     #[cfg(feature = "kafka")]
-    if only.is_empty() || only == "kafka" || only == "kafka-vs-raw" {
+    if wants(asked, &[Part::Kafka, Part::KafkaVsRaw]) {
         kafka::rows(&Flavor::MultiThread.runtime(), &mut rows);
     }
-    if only.is_empty() || only == "memory" || only == "retry" {
+    if wants(asked, &[Part::Memory, Part::Retry]) {
         let url = format!("memory://bench-retry-{}", anybus::MessageId::new());
         Flavor::MultiThread.runtime().block_on(retry::rows(
             "memory",
@@ -702,7 +814,7 @@ fn main() {
             &mut rows,
         ));
     }
-    if only.is_empty() || only == "memory" || only == "dedup" {
+    if wants(asked, &[Part::Memory, Part::Dedup]) {
         // Without the features there is no Redis or PostgreSQL row to add.
         #[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(unused_mut))]
         let mut stores = vec![(
@@ -732,7 +844,7 @@ fn main() {
             .block_on(dedup::rows(&stores, 50_000, 3, &mut rows));
     }
     #[cfg(feature = "kafka")]
-    if only.is_empty() || only == "kafka" || only == "retry" {
+    if wants(asked, &[Part::Kafka, Part::Retry]) {
         Flavor::MultiThread.runtime().block_on(retry::rows(
             "kafka",
             &kafka::url(),
@@ -744,7 +856,7 @@ fn main() {
         ));
     }
     #[cfg(feature = "rabbitmq")]
-    if only.is_empty() || only == "rabbitmq" || only == "retry" {
+    if wants(asked, &[Part::Rabbitmq, Part::Retry]) {
         Flavor::MultiThread.runtime().block_on(retry::rows(
             "rabbitmq",
             &rabbitmq::url(),
@@ -756,7 +868,7 @@ fn main() {
         ));
     }
     #[cfg(feature = "kafka")]
-    if only.is_empty() || only == "kafka" || only == "ordering" {
+    if wants(asked, &[Part::Kafka, Part::Ordering]) {
         Flavor::MultiThread.runtime().block_on(ordering::rows(
             "kafka",
             &kafka::url(),
@@ -767,7 +879,7 @@ fn main() {
         ));
     }
     #[cfg(feature = "rabbitmq")]
-    if only.is_empty() || only == "rabbitmq" {
+    if wants(asked, &[Part::Rabbitmq]) {
         rabbitmq::rows(&Flavor::MultiThread.runtime(), &mut rows);
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
