@@ -121,20 +121,31 @@ impl Default for SubscriptionStats {
 }
 
 impl SubscriptionStats {
-    /// A consistent-enough copy of the counters.
+    /// A copy of the counters in which a message's outcome is never seen without the calls
+    /// that led to it: a message counted as `handled`, `duplicates`, `exhausted` or
+    /// `dead_lettered` has its failed calls and retries in the copy too. (Each counter is
+    /// incremented with `Release` after those of the steps before it, and the copy reads the
+    /// outcomes first, with `Acquire`, then the steps.)
     pub fn snapshot(&self) -> StatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let get = |c: &AtomicU64| c.load(Ordering::Acquire);
+        // Outcomes first: struct fields are evaluated in the order they are written.
+        let (handled, duplicates, exhausted, dead_lettered) = (
+            get(&self.handled),
+            get(&self.duplicates),
+            get(&self.exhausted),
+            get(&self.dead_lettered),
+        );
         StatsSnapshot {
-            handled: get(&self.handled),
+            handled,
             transient_failures: get(&self.transient_failures),
             permanent_failures: get(&self.permanent_failures),
             retries: get(&self.retries),
-            exhausted: get(&self.exhausted),
+            exhausted,
             store_failures: get(&self.store_failures),
             publish_failures: get(&self.publish_failures),
             decode_failures: get(&self.decode_failures),
-            dead_lettered: get(&self.dead_lettered),
-            duplicates: get(&self.duplicates),
+            dead_lettered,
+            duplicates,
             dedup_in_progress: get(&self.dedup_in_progress),
             redeliveries: get(&self.redeliveries),
             stale_settlements: get(&self.stale_settlements),
@@ -179,7 +190,9 @@ impl SubscriptionStats {
     }
 
     pub(crate) fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        // Release: whoever reads this count with Acquire sees the counts made before it
+        // (see `snapshot`). Free on x86, where every read-modify-write is ordered anyway.
+        counter.fetch_add(1, Ordering::Release);
     }
 }
 
