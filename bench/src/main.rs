@@ -645,20 +645,9 @@ struct Cli {
 
 #[derive(clap::Subcommand)]
 enum Task {
-    /// The memory backend's rows: throughput, allocations, instructions, ordering, retry, dedup.
-    Memory,
-    /// The ordering rows (Parallel Consumer's scenario), on memory and Kafka.
-    Ordering,
-    /// The retry rows, on memory and each broker compiled in.
-    Retry,
-    /// The dedup rows, with each store compiled in.
-    Dedup,
-    /// Every Kafka row (feature `kafka`).
-    Kafka,
-    /// The Kafka rows against raw rdkafka alone (feature `kafka`).
-    KafkaVsRaw,
-    /// Every RabbitMQ row (feature `rabbitmq`).
-    Rabbitmq,
+    /// A part of the table.
+    #[command(flatten)]
+    Part(Part),
     /// Runs of one throughput scenario in this process, one line each.
     Scenario {
         #[command(flatten)]
@@ -729,14 +718,21 @@ fn parsed<T: Clone + Send + Sync + 'static>(
 }
 
 /// A part of the table.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::Subcommand)]
 enum Part {
+    /// The memory backend's rows: throughput, allocations, instructions, ordering, retry, dedup.
     Memory,
+    /// The ordering rows (Parallel Consumer's scenario), on memory and Kafka.
     Ordering,
+    /// The retry rows, on memory and each broker compiled in.
     Retry,
+    /// The dedup rows, with each store compiled in.
     Dedup,
+    /// Every Kafka row (feature `kafka`).
     Kafka,
+    /// The Kafka rows against raw rdkafka alone (feature `kafka`).
     KafkaVsRaw,
+    /// Every RabbitMQ row (feature `rabbitmq`).
     Rabbitmq,
 }
 
@@ -750,13 +746,7 @@ fn main() {
     let cli = <Cli as clap::Parser>::parse();
     let asked = match cli.command {
         None => None,
-        Some(Task::Memory) => Some(Part::Memory),
-        Some(Task::Ordering) => Some(Part::Ordering),
-        Some(Task::Retry) => Some(Part::Retry),
-        Some(Task::Dedup) => Some(Part::Dedup),
-        Some(Task::Kafka) => Some(Part::Kafka),
-        Some(Task::KafkaVsRaw) => Some(Part::KafkaVsRaw),
-        Some(Task::Rabbitmq) => Some(Part::Rabbitmq),
+        Some(Task::Part(part)) => Some(part),
         Some(Task::Scenario { run, runs }) => return scenario(&run, runs),
         Some(Task::TimeRun { run }) => return time_run(&run),
         Some(Task::CallgrindRun {

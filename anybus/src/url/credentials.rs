@@ -67,7 +67,7 @@ pub(crate) fn resolve(url: &str) -> Result<Cow<'_, str>, String> {
             rest.push(&sasl);
             Ok(Cow::Owned(with_query(base, &rest)))
         }
-        "amqp" | "amqps" | "redis" | "rediss" | "postgres" | "postgresql" => {
+        scheme if super::HAS_USERINFO.contains(&scheme) => {
             if password_span(base).is_some() {
                 return Err(
                     "the URL has a password and a `password_env` or `password_file`: give the \

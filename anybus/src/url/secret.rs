@@ -212,7 +212,8 @@ fn name_at(text: &str) -> Option<usize> {
     (len > 0 && text.as_bytes().get(len) == Some(&b'=')).then_some(len)
 }
 
-/// Where the value that starts at `from` ends: at the next `&name=`, or the end of `url`.
+/// Where the value (or option) that starts at `from` ends: at the next `&name=`, or the end
+/// of `url`.
 fn next_option(url: &str, from: usize) -> usize {
     url[from..]
         .match_indices('&')
@@ -229,11 +230,7 @@ pub(crate) fn query_options(query: &str, offset: usize) -> Vec<Part<'_>> {
     let mut parts = Vec::new();
     let mut start = 0;
     while start <= query.len() {
-        let end = query[start..]
-            .match_indices('&')
-            .map(|(i, _)| start + i)
-            .find(|&i| name_at(&query[i + 1..]).is_some())
-            .unwrap_or(query.len());
+        let end = next_option(query, start);
         if end > start {
             parts.push(Part {
                 text: &query[start..end],
